@@ -1,0 +1,626 @@
+"""Finite-difference gradient checking of NumPy parameter sets (pure NumPy, no IPython).
+
+Methods and their truncation error for a step ε:
+
+- ``central``:  (J(θ+ε) − J(θ−ε)) / 2ε, error O(ε²); two evaluations per element.
+- ``forward``:  (J(θ+ε) − J(θ)) / ε, error O(ε); one evaluation per element.
+- ``backward``: (J(θ) − J(θ−ε)) / ε, error O(ε); one evaluation per element.
+- ``complex``:  Im J(θ+iε) / ε, error O(ε²) with no subtractive cancellation, so ε can be
+  1e-20 and the estimate is exact to machine precision; the loss must accept complex
+  arrays and use only complex-analytic operations (no ``abs``, comparisons or ``real``).
+
+Each element is perturbed in place in the user's own array and its saved value written
+back after the evaluations, so the arrays are bit-for-bit unchanged afterwards, also when
+the loss raises or the user presses Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
+from .params import ParameterSet, format_index
+from .progress import Progress, chunk_size, should_show
+from .result import GradCheckResult, TensorCheck
+
+METHODS = ("central", "forward", "backward", "complex")
+MODES = ("full", "sample")
+DEFAULT_EPS = 1e-6
+DEFAULT_COMPLEX_EPS = 1e-20
+DEFAULT_SAMPLE = 10
+# Round-off in J grows with the number of operations; this many unit round-offs of |J|
+# is taken as the error of one loss evaluation when computing the noise floor.
+NOISE_FACTOR = 16.0
+# A kink is declared when the analytic value sits this close (relative to the
+# discrepancy) to one of the one-sided slopes.
+KINK_SIDE_RATIO = 0.1
+
+Evaluate = Callable[[], Any]
+
+
+@dataclass
+class CheckSetup:
+    """Everything about a check decided before the first perturbation."""
+
+    params: ParameterSet
+    analytic: list[np.ndarray]
+    evaluate: Evaluate
+    loss_value: float
+    unit_roundoff: float
+    seconds_per_evaluation: float
+    notes: list[str]
+
+
+def check(
+    loss: Callable[..., Any],
+    params: Any,
+    grads: Any,
+    *,
+    eps: float | str | None = None,
+    method: str = "central",
+    mode: str = "full",
+    sample: int | None = None,
+    tol: float = 1e-5,
+    seed: int | None = None,
+    progress: bool | None = None,
+) -> GradCheckResult:
+    """Compare the analytic gradient ``grads`` of ``loss`` with finite differences.
+
+    Args:
+        loss: returns the scalar loss J; called as ``loss(params)`` if it takes an
+            argument, else ``loss()``. A tuple's first element is taken as J.
+        params: dict of name → float ndarray, list/tuple of arrays, or one array.
+            Perturbed in place and restored exactly.
+        grads: the analytic gradient in the same structure (dict keys ``W1`` or
+            ``dW1``; extra keys such as ``dZ1`` are ignored), or a callable returning
+            it, evaluated once at the unperturbed parameters.
+        eps: step size; ``"auto"`` scales it to each element's magnitude and the
+            dtype. Default: 1e-6 for float64, ``"auto"`` for lower precision, 1e-20
+            for ``method="complex"``.
+        method: ``"central"``, ``"forward"``, ``"backward"`` or ``"complex"``.
+        mode: ``"full"`` checks every element; ``"sample"`` checks ``sample``
+            elements (default 10) of every tensor, spread over the tensor.
+        tol: the largest relative difference that passes.
+        seed: re-seed NumPy's and Python's global RNGs before every evaluation, so a
+            loss with dropout repeats its masks (and the dropout gradient is checked);
+            also seeds the choice of sampled elements.
+        progress: show a progress bar; ``None`` shows one when the check is expected
+            to take more than a second.
+
+    Returns:
+        A :class:`GradCheckResult`. Ctrl-C returns the partial result, marked
+        incomplete.
+    """
+    validate_options(loss, method, mode, sample, tol, eps)
+    rerun = dict(loss=loss, params=params, grads=grads, eps=eps, method=method, mode=mode,
+                 sample=sample, tol=tol, seed=seed, progress=progress)
+    parameters = ParameterSet.from_user(params)
+    snapshot = parameters.snapshot()
+    rng_state = np.random.get_state(), random.getstate()
+    started = time.perf_counter()
+    try:
+        setup = prepare(loss, parameters, grads, seed, snapshot)
+        result = run_check(setup, loss, eps, method, mode, sample, tol, seed, progress)
+    except BaseException:
+        parameters.restore(snapshot)
+        raise
+    finally:
+        np.random.set_state(rng_state[0])
+        random.setstate(rng_state[1])
+    parameters.ensure_unmodified(snapshot, "the loss")
+    result.duration_s = time.perf_counter() - started
+    result.rerun = rerun
+    if not result.complete:
+        warnings.warn(result.summary(), RuntimeWarning, stacklevel=2)
+    return result
+
+
+def validate_options(loss: Any, method: str, mode: str, sample: Any, tol: Any, eps: Any) -> None:
+    if not callable(loss):
+        raise GradCheckError(f"loss must be callable, not {type(loss).__name__}")
+    if method not in METHODS:
+        raise GradCheckError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if mode not in MODES:
+        raise GradCheckError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if sample is not None:
+        if mode != "sample":
+            raise GradCheckError(f"sample={sample!r} needs mode='sample'")
+        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
+            raise GradCheckError(f"sample must be a positive integer; got {sample!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise GradCheckError(f"tol must be a positive number; got {tol!r}")
+    if eps is None or eps == "auto":
+        return
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < np.inf:
+        raise GradCheckError(f"eps must be a positive number or 'auto'; got {eps!r}")
+
+
+# -- calling the loss ---------------------------------------------------------------------
+
+
+def takes_argument(loss: Callable[..., Any]) -> bool:
+    """True when ``loss`` needs a positional argument (it is then called as loss(params))."""
+    try:
+        signature = inspect.signature(loss)
+    except (TypeError, ValueError):
+        return True
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        positional = parameter.kind in (parameter.POSITIONAL_ONLY,
+                                         parameter.POSITIONAL_OR_KEYWORD)
+        if positional and parameter.default is parameter.empty:
+            return True
+    return False
+
+
+def loss_scalar(value: Any) -> Any:
+    """The loss as a Python float (or complex), from whatever the loss returned."""
+    if type(value) is tuple:
+        if not value:
+            raise LossError("the loss returned an empty tuple; return the loss (first)")
+        value = value[0]
+    if type(value) is float:
+        return value
+    if isinstance(value, (np.floating, np.integer, int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (complex, np.complexfloating)):
+        return complex(value)
+    return array_scalar(value)
+
+
+def array_scalar(value: Any) -> Any:
+    if value is None:
+        raise LossError("the loss returned None: is a `return` missing?")
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001
+        raise LossError(f"the loss returned a {type(value).__name__}, not a number") from exc
+    if array.dtype.kind not in "fiuc":
+        raise LossError(
+            f"the loss returned a {type(value).__name__} of dtype {array.dtype}, not a number"
+        )
+    if array.size != 1:
+        raise LossError(
+            f"the loss returned an array of shape {array.shape}; a gradient check needs a "
+            f"scalar: reduce it (e.g. np.mean) or return the cost first in a tuple"
+        )
+    item = array.reshape(()).item()
+    return complex(item) if array.dtype.kind == "c" else float(item)
+
+
+def loss_dtype(value: Any) -> np.dtype | None:
+    """The floating dtype the loss was computed in, when its return value tells."""
+    if type(value) is tuple and value:
+        value = value[0]
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return None
+    try:
+        dtype = np.dtype(str(dtype).replace("torch.", ""))
+    except TypeError:
+        return None
+    return dtype if np.issubdtype(dtype, np.inexact) else None
+
+
+def make_evaluator(loss: Callable[..., Any], argument: Any, pass_argument: bool,
+                   seed: int | None) -> Evaluate:
+    """A zero-argument function returning J; re-seeds the global RNGs first if asked."""
+    if seed is None:
+        if pass_argument:
+            return lambda: loss_scalar(loss(argument))
+        return lambda: loss_scalar(loss())
+
+    def seeded() -> Any:
+        np.random.seed(seed)
+        random.seed(seed)
+        return loss_scalar(loss(argument) if pass_argument else loss())
+
+    return seeded
+
+
+# -- before the first perturbation ----------------------------------------------------------
+
+
+def prepare(loss: Callable[..., Any], parameters: ParameterSet, grads: Any,
+            seed: int | None, snapshot: list[np.ndarray]) -> CheckSetup:
+    """Evaluate J twice (randomness, NaN, mutation checks) and fetch the gradients."""
+    pass_argument = takes_argument(loss)
+    argument = parameters.original
+    raw_first = loss(argument) if pass_argument else loss()
+    evaluate = make_evaluator(loss, argument, pass_argument, seed)
+    started = time.perf_counter()
+    second = evaluate()
+    seconds = time.perf_counter() - started
+    first = evaluate() if seed is not None else loss_scalar(raw_first)
+    parameters.ensure_unmodified(snapshot, "the loss")
+    for value in (first, second):
+        reject_complex_loss(value)
+        if not np.isfinite(value):
+            raise NonFiniteLossError(
+                f"the loss is {value} at the unperturbed parameters: fix the forward pass "
+                f"(log of 0? overflow in exp?) before checking gradients"
+            )
+    reject_random_loss(first, second, seed)
+    unit_roundoff = computation_roundoff(parameters, loss_dtype(raw_first))
+    analytic, ignored = gradients_at_start(grads, parameters, seed, snapshot)
+    notes = [f"ignored gradient keys: {', '.join(ignored)}"] if ignored else []
+    return CheckSetup(parameters, analytic, evaluate, first, unit_roundoff, seconds, notes)
+
+
+def reject_complex_loss(value: Any) -> None:
+    if isinstance(value, complex):
+        raise LossError("the loss returned a complex number for real parameters")
+
+
+def reject_random_loss(first: float, second: float, seed: int | None) -> None:
+    """Raise RandomLossError when two evaluations at the same point disagree."""
+    if first == second or abs(first - second) <= 4 * np.finfo(float).eps * abs(first):
+        return
+    if seed is None:
+        raise RandomLossError(
+            f"the loss returned {first!r} and then {second!r} at the same parameters: it "
+            f"is random (dropout, data augmentation, minibatch sampling?). Pass seed=0 to "
+            f"re-seed NumPy's RNG before every evaluation (this checks the dropout "
+            f"gradient too), or switch the randomness off for the check."
+        )
+    raise RandomLossError(
+        f"the loss returned {first!r} and then {second!r} at the same parameters even "
+        f"with seed={seed} re-seeding numpy.random and random before every evaluation: it "
+        f"draws from a generator nbgradcheck cannot re-seed (a np.random.default_rng made "
+        f"outside the loss?). Create the generator inside the loss from a fixed seed, or "
+        f"switch the randomness off."
+    )
+
+
+def computation_roundoff(parameters: ParameterSet, returned: np.dtype | None) -> float:
+    """Unit round-off of the least precise dtype among the parameters and the loss."""
+    dtypes = [a.dtype for a in parameters.arrays]
+    if returned is not None:
+        dtypes.append(returned)
+    return max(float(np.finfo(d).eps) for d in dtypes) / 2
+
+
+def gradients_at_start(grads: Any, parameters: ParameterSet, seed: int | None,
+                       snapshot: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+    """Analytic gradients aligned with the parameters; a callable is called once."""
+    if callable(grads):
+        if seed is not None:
+            np.random.seed(seed)
+            random.seed(seed)
+        grads = grads(parameters.original) if takes_argument(grads) else grads()
+        parameters.ensure_unmodified(snapshot, "the gradient function")
+    return parameters.match_gradients(grads)
+
+
+# -- choosing elements and steps ------------------------------------------------------------
+
+
+def elements_to_check(size: int, mode: str, sample: int | None,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Flat indices: all of them, or ``sample`` spread over equal strata of the tensor."""
+    count = size if mode == "full" else min(size, sample or DEFAULT_SAMPLE)
+    if count >= size:
+        return np.arange(size, dtype=np.int64)
+    edges = np.linspace(0, size, count + 1).astype(np.int64)
+    return edges[:-1] + rng.integers(0, np.diff(edges))
+
+
+def step_sizes(values: np.ndarray, eps: float | str, method: str,
+               unit_roundoff: float) -> np.ndarray:
+    """The step for each element: ``eps``, or for 'auto' the classic optimum scaled by |θ|."""
+    if eps != "auto":
+        return np.full(values.shape, float(eps))
+    machine_eps = 2 * unit_roundoff
+    relative = {"central": machine_eps ** (1 / 3), "complex": DEFAULT_COMPLEX_EPS}.get(
+        method, machine_eps ** 0.5
+    )
+    return relative * np.maximum(1.0, np.abs(values))
+
+
+def resolve_eps(eps: float | str | None, method: str, parameters: ParameterSet,
+                notes: list[str]) -> float | str:
+    if eps is not None:
+        return float(eps) if eps != "auto" else "auto"
+    if method == "complex":
+        return DEFAULT_COMPLEX_EPS
+    low = [n for n, a in zip(parameters.names, parameters.arrays) if a.dtype != np.float64]
+    if low:
+        notes.append(
+            f"{', '.join(low)} {'is' if len(low) == 1 else 'are'} not float64: using "
+            f"eps='auto' (a step scaled to the dtype) and verdicts that allow for round-off"
+        )
+        return "auto"
+    return DEFAULT_EPS
+
+
+def perturbed_values(values: np.ndarray, steps: np.ndarray, dtype: np.dtype,
+                     method: str, name: str, indices: np.ndarray,
+                     shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """θ+ε and θ−ε rounded to the parameter's dtype (θ itself for unused sides)."""
+    plus = (values + steps).astype(dtype) if method in ("central", "forward") else values
+    minus = (values - steps).astype(dtype) if method in ("central", "backward") else values
+    flat = np.flatnonzero(plus == minus) if method != "complex" else np.array([], int)
+    if flat.size:
+        where = format_index(np.unravel_index(int(indices[flat[0]]), shape))
+        raise GradCheckError(
+            f"the step is too small for {name}{where} = {values[flat[0]]!r} in "
+            f"{np.dtype(dtype).name}: θ±ε rounds to θ; use a larger eps or eps='auto'"
+        )
+    return np.asarray(plus, dtype), np.asarray(minus, dtype)
+
+
+# -- the evaluation loops -------------------------------------------------------------------
+
+
+def element_setter(array: np.ndarray) -> Callable[[int, Any], None]:
+    """Set one element by flat C-order index, writing through to ``array``."""
+    if array.flags.c_contiguous:
+        return array.reshape(-1).__setitem__
+    return array.flat.__setitem__
+
+
+def evaluate_two_sided(set_element: Callable, evaluate: Evaluate, indices: list[int],
+                       plus: list, minus: list, original: list, out_plus: list,
+                       out_minus: list, tick: Callable[[int], None], chunk: int) -> None:
+    """Append J(θ+ε) and J(θ−ε) for each element to ``out_plus`` / ``out_minus``."""
+    j = -1
+    try:
+        for j, i in enumerate(indices):
+            set_element(i, plus[j])
+            out_plus.append(evaluate())
+            set_element(i, minus[j])
+            out_minus.append(evaluate())
+            set_element(i, original[j])
+            if (j + 1) % chunk == 0:
+                tick(chunk)
+    finally:
+        if j >= 0:
+            set_element(indices[j], original[j])
+    tick(len(indices) % chunk)
+
+
+def evaluate_one_sided(set_element: Callable, evaluate: Evaluate, indices: list[int],
+                       shifted: list, original: list, out: list,
+                       tick: Callable[[int], None], chunk: int) -> None:
+    """Append J at the shifted value of each element to ``out``."""
+    j = -1
+    try:
+        for j, i in enumerate(indices):
+            set_element(i, shifted[j])
+            out.append(evaluate())
+            set_element(i, original[j])
+            if (j + 1) % chunk == 0:
+                tick(chunk)
+    finally:
+        if j >= 0:
+            set_element(indices[j], original[j])
+    tick(len(indices) % chunk)
+
+
+@dataclass
+class TensorPlan:
+    """The elements of one tensor to check and the points to evaluate them at."""
+
+    position: int
+    name: str
+    array: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray  # in the parameter's dtype
+    plus: np.ndarray
+    minus: np.ndarray
+    steps: np.ndarray
+
+
+def plan_tensors(setup: CheckSetup, eps: float | str, method: str, mode: str,
+                 sample: int | None, seed: int | None) -> list[TensorPlan]:
+    rng = np.random.default_rng(seed)
+    plans = []
+    params = setup.params
+    for position, (name, array) in enumerate(zip(params.names, params.arrays)):
+        indices = elements_to_check(array.size, mode, sample, rng)
+        values = array.reshape(-1)[indices] if array.flags.c_contiguous else array.flat[indices]
+        values = np.asarray(values, dtype=array.dtype)
+        steps = step_sizes(values.astype(np.float64), eps, method, setup.unit_roundoff)
+        plus, minus = perturbed_values(values.astype(np.float64), steps, array.dtype, method,
+                                       name, indices, array.shape)
+        plans.append(TensorPlan(position, name, array, indices, values, plus, minus, steps))
+    return plans
+
+
+def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | None,
+              method: str, mode: str, sample: int | None, tol: float, seed: int | None,
+              progress: bool | None) -> GradCheckResult:
+    notes = list(setup.notes)
+    eps = resolve_eps(eps, method, setup.params, notes)
+    plans = plan_tensors(setup, eps, method, mode, sample, seed)
+    total = sum(p.indices.size for p in plans)
+    per_element = setup.seconds_per_evaluation * (2 if method == "central" else 1)
+    bar = Progress(total, should_show(progress, per_element * total))
+    chunk = chunk_size(per_element)
+    evaluator = complex_evaluator(loss, setup, seed) if method == "complex" else None
+    tensors, evaluations, complete = [], 2, True
+    try:
+        for plan in plans:
+            bar.describe(plan.name)
+            outputs: tuple[list, list] = ([], [])
+            try:
+                if complete:
+                    run_tensor(plan, setup, method, evaluator, outputs, bar.advance, chunk)
+            except KeyboardInterrupt:
+                complete = False
+            evaluations += len(outputs[0]) + len(outputs[1])
+            tensors.append(measure_tensor(plan, setup, method, outputs, tol))
+    finally:
+        bar.close()
+    notes += result_notes(tensors, setup, method)
+    return GradCheckResult(tensors, method, eps, mode, tol, evaluations, setup.loss_value,
+                           complete=complete, notes=notes)
+
+
+def complex_evaluator(loss: Callable[..., Any], setup: CheckSetup,
+                      seed: int | None) -> Callable[[int, np.ndarray], Evaluate]:
+    """For method='complex': J evaluated on the structure with one array made complex."""
+    if not takes_argument(loss):
+        raise GradCheckError(
+            "method='complex' needs a loss that takes the parameters as its argument, "
+            "loss(params): the user's real arrays cannot hold complex values"
+        )
+
+    def for_tensor(position: int, complex_copy: np.ndarray) -> Evaluate:
+        argument = setup.params.with_replacement(position, complex_copy)
+        return make_evaluator(loss, argument, True, seed)
+
+    return for_tensor
+
+
+def run_tensor(plan: TensorPlan, setup: CheckSetup, method: str, evaluator: Any,
+               outputs: tuple[list, list], tick: Callable[[int], None], chunk: int) -> None:
+    """Evaluate J at the planned points of one tensor, appending to ``outputs``."""
+    indices = plan.indices.tolist()
+    original = plan.values.tolist()
+    try:
+        if method == "central":
+            evaluate_two_sided(element_setter(plan.array), setup.evaluate, indices,
+                               plan.plus.tolist(), plan.minus.tolist(), original,
+                               outputs[0], outputs[1], tick, chunk)
+        elif method == "complex":
+            complex_copy = plan.array.astype(np.complex128)
+            shifted = (plan.values + 1j * plan.steps).tolist()
+            evaluate_one_sided(element_setter(complex_copy), evaluator(plan.position,
+                               complex_copy), indices, shifted, original, outputs[0],
+                               tick, chunk)
+        else:
+            side = plan.plus if method == "forward" else plan.minus
+            out = outputs[0] if method == "forward" else outputs[1]
+            evaluate_one_sided(element_setter(plan.array), setup.evaluate, indices,
+                               side.tolist(), original, out, tick, chunk)
+    except LossError:
+        raise
+    except Exception as error:
+        done = max(len(outputs[0]), len(outputs[1]))
+        where = plan.name + format_index(np.unravel_index(indices[min(done, len(indices) - 1)],
+                                                          plan.array.shape))
+        if hasattr(error, "add_note"):
+            error.add_note(f"(nbgradcheck: raised while {where} was perturbed; "
+                           f"parameters restored)")
+        raise
+
+
+# -- from loss values to measurements -------------------------------------------------------
+
+
+def measure_tensor(plan: TensorPlan, setup: CheckSetup, method: str,
+                   outputs: tuple[list, list], tol: float) -> TensorCheck:
+    """Numeric gradient, round-off floor and kinks from the recorded loss values."""
+    count = plan.indices.size
+    reject_non_finite(plan, outputs)
+    j0 = setup.loss_value
+    values = plan.values.astype(np.float64)
+    up = plan.plus.astype(np.float64) - values
+    down = values - plan.minus.astype(np.float64)
+    loss_plus, loss_minus = padded(outputs[0], count), padded(outputs[1], count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "central":
+            numeric, step = (loss_plus - loss_minus) / (up + down), up + down
+        elif method == "forward":
+            numeric, step = (loss_plus - j0) / up, up
+        elif method == "backward":
+            numeric, step = (j0 - loss_minus) / down, down
+        else:
+            evaluated = padded(outputs[0], count, complex)
+            numeric, step, loss_plus = evaluated.imag / plan.steps, plan.steps, evaluated.real
+    noise = noise_floor(method, setup.unit_roundoff, j0, loss_plus, loss_minus, up, down)
+    analytic_full = setup.analytic[plan.position]
+    analytic = analytic_full.reshape(-1)[plan.indices]
+    kink = np.zeros(count, dtype=bool)
+    if method == "central":
+        kink = kink_crossings(numeric, analytic, j0, loss_plus, loss_minus, up, down, noise, tol)
+    return TensorCheck(plan.name, plan.array.shape, plan.array.dtype, plan.indices, values,
+                       analytic, numeric, step, loss_plus, loss_minus, noise, kink,
+                       analytic_full, tol)
+
+
+def padded(values: list, count: int, dtype: type = float) -> np.ndarray:
+    """``values`` as an array of length ``count``, NaN after an interruption."""
+    out = np.full(count, np.nan, dtype=dtype)
+    out[: len(values)] = values[:count]
+    return out
+
+
+def reject_non_finite(plan: TensorPlan, outputs: tuple[list, list]) -> None:
+    """Raise NonFiniteLossError naming the first element whose perturbation broke J."""
+    for losses, side, shifted in zip(outputs, ("+ε", "−ε"), (plan.plus, plan.minus)):
+        finite = np.isfinite(np.asarray(losses, dtype=complex))
+        if finite.all():
+            continue
+        j = int(np.argmin(finite))
+        where = format_index(np.unravel_index(int(plan.indices[j]), plan.array.shape))
+        raise NonFiniteLossError(
+            f"the loss became {losses[j]} when {plan.name}{where} was perturbed "
+            f"({side}) from {plan.values[j]!r} to {shifted[j]!r}; parameters restored"
+        )
+
+
+def noise_floor(method: str, unit_roundoff: float, j0: float, loss_plus: np.ndarray,
+                loss_minus: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """How far round-off in J alone can move each numeric estimate."""
+    error = NOISE_FACTOR * unit_roundoff
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "central":
+            return error * (np.abs(loss_plus) + np.abs(loss_minus)) / (up + down)
+        if method == "forward":
+            return error * (np.abs(loss_plus) + abs(j0)) / up
+        if method == "backward":
+            return error * (abs(j0) + np.abs(loss_minus)) / down
+    return np.zeros_like(loss_plus)
+
+
+def kink_crossings(numeric: np.ndarray, analytic: np.ndarray, j0: float,
+                   loss_plus: np.ndarray, loss_minus: np.ndarray, up: np.ndarray,
+                   down: np.ndarray, noise: np.ndarray, tol: float) -> np.ndarray:
+    """Elements whose discrepancy a slope jump between θ−ε and θ+ε explains.
+
+    At a kink the left and right slopes differ by the jump, the central estimate is
+    their average, and the analytic gradient equals one of them; in a smooth region
+    both slopes agree with the central estimate to O(ε·J'').
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        left = (j0 - loss_minus) / down
+        right = (loss_plus - j0) / up
+    error = np.abs(numeric - analytic)
+    failing = error > np.maximum(tol * (np.abs(numeric) + np.abs(analytic)), noise)
+    near_a_side = np.minimum(np.abs(analytic - left), np.abs(analytic - right))
+    jump = np.abs(right - left)
+    return failing & (near_a_side <= KINK_SIDE_RATIO * error) & (jump >= error) & (
+        jump > 4 * noise
+    )
+
+
+def result_notes(tensors: list[TensorCheck], setup: CheckSetup, method: str) -> list[str]:
+    notes = []
+    kinks = sum(int((t.kink & t.evaluated).sum()) for t in tensors)
+    if kinks:
+        notes.append(
+            f"{kinks} element{'s' if kinks > 1 else ''} crossed a kink (ReLU, max, abs, "
+            f"hinge) between θ−ε and θ+ε: the numeric value averages two slopes there, so "
+            f"{'they are' if kinks > 1 else 'it is'} not counted as failing; see result.kinks"
+        )
+    floor = max((t.floor for t in tensors if t.evaluated.any()), default=0.0)
+    if floor > 1e-7 and method != "complex":
+        notes.append(
+            f"round-off floor of this check: relative difference up to {floor:.1e} can "
+            f"come from floating-point noise alone (unit round-off {setup.unit_roundoff:.1e})"
+            f"; verdicts allow for it"
+        )
+    return notes
