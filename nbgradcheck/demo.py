@@ -75,7 +75,7 @@ def backward(X: np.ndarray, Y: np.ndarray, cache: list, bugs: tuple[str, ...] = 
     grads: Params = {}
     dZ = cache[-1] - Y
     for layer in range(n_layers, 0, -1):
-        A_prev, W, Z = cache[layer - 1]
+        A_prev, W, _ = cache[layer - 1]
         grads[f"dZ{layer}"] = dZ
         grads[f"dW{layer}"] = dZ @ A_prev.T / m
         grads[f"db{layer}"] = np.sum(dZ, axis=1, keepdims=True) / m

@@ -17,7 +17,6 @@ the loss raises or the user presses Ctrl-C.
 from __future__ import annotations
 
 import inspect
-import random
 import time
 import warnings
 from collections.abc import Callable
@@ -26,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from .adapters import parameter_set
 from .errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
-from .params import ParameterSet, format_index
+from .params import ParameterSet, element_setter, format_index
 from .progress import Progress, chunk_size, should_show
 from .result import GradCheckResult, TensorCheck
 
@@ -38,10 +38,16 @@ DEFAULT_COMPLEX_EPS = 1e-20
 DEFAULT_SAMPLE = 10
 # Round-off in J grows with the number of operations; this many unit round-offs of |J|
 # is taken as the error of one loss evaluation when computing the noise floor.
-NOISE_FACTOR = 16.0
+NOISE_FACTOR = 8.0
 # A kink is declared when the analytic value sits this close (relative to the
 # discrepancy) to one of the one-sided slopes.
 KINK_SIDE_RATIO = 0.1
+# Failing elements are re-estimated with steps this many times smaller (up to
+# REFINE_LEVELS times) before they are called wrong: a step that crossed several kinks,
+# or a large low-precision step, then gets a second chance; a real bug does not.
+REFINE_FACTOR = 8
+REFINE_LEVELS = 2
+REFINE_PROBE = 8
 
 Evaluate = Callable[[], Any]
 
@@ -102,9 +108,9 @@ def check(
     validate_options(loss, method, mode, sample, tol, eps)
     rerun = dict(loss=loss, params=params, grads=grads, eps=eps, method=method, mode=mode,
                  sample=sample, tol=tol, seed=seed, progress=progress)
-    parameters = ParameterSet.from_user(params)
+    parameters = parameter_set(params)
     snapshot = parameters.snapshot()
-    rng_state = np.random.get_state(), random.getstate()
+    restore_rng = parameters.rng_state()
     started = time.perf_counter()
     try:
         setup = prepare(loss, parameters, grads, seed, snapshot)
@@ -113,8 +119,7 @@ def check(
         parameters.restore(snapshot)
         raise
     finally:
-        np.random.set_state(rng_state[0])
-        random.setstate(rng_state[1])
+        restore_rng()
     parameters.ensure_unmodified(snapshot, "the loss")
     result.duration_s = time.perf_counter() - started
     result.rerun = rerun
@@ -184,7 +189,7 @@ def array_scalar(value: Any) -> Any:
         value = value.detach().cpu().numpy()
     try:
         array = np.asarray(value)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LossError(f"the loss returned a {type(value).__name__}, not a number") from exc
     if array.dtype.kind not in "fiuc":
         raise LossError(
@@ -213,18 +218,25 @@ def loss_dtype(value: Any) -> np.dtype | None:
     return dtype if np.issubdtype(dtype, np.inexact) else None
 
 
-def make_evaluator(loss: Callable[..., Any], argument: Any, pass_argument: bool,
-                   seed: int | None) -> Evaluate:
-    """A zero-argument function returning J; re-seeds the global RNGs first if asked."""
+def make_evaluator(loss: Callable[..., Any], parameters: ParameterSet, pass_argument: bool,
+                   seed: int | None, argument: Any = None) -> Evaluate:
+    """A zero-argument function returning J; re-seeds the RNGs first if ``seed`` is set.
+
+    ``argument`` overrides what the loss receives (the complex-step copies).
+    """
+    if argument is None and parameters.fixed_argument:
+        argument = parameters.argument()
+    if argument is None:
+        current = parameters.argument
+        call = (lambda: loss(current())) if pass_argument else loss
+    else:
+        call = (lambda: loss(argument)) if pass_argument else loss
     if seed is None:
-        if pass_argument:
-            return lambda: loss_scalar(loss(argument))
-        return lambda: loss_scalar(loss())
+        return lambda: loss_scalar(call())
 
     def seeded() -> Any:
-        np.random.seed(seed)
-        random.seed(seed)
-        return loss_scalar(loss(argument) if pass_argument else loss())
+        parameters.reseed(seed)
+        return loss_scalar(call())
 
     return seeded
 
@@ -236,13 +248,14 @@ def prepare(loss: Callable[..., Any], parameters: ParameterSet, grads: Any,
             seed: int | None, snapshot: list[np.ndarray]) -> CheckSetup:
     """Evaluate J twice (randomness, NaN, mutation checks) and fetch the gradients."""
     pass_argument = takes_argument(loss)
-    argument = parameters.original
-    raw_first = loss(argument) if pass_argument else loss()
-    evaluate = make_evaluator(loss, argument, pass_argument, seed)
+    if seed is not None:
+        parameters.reseed(seed)
+    raw_first = loss(parameters.argument()) if pass_argument else loss()
+    first = loss_scalar(raw_first)
+    evaluate = make_evaluator(loss, parameters, pass_argument, seed)
     started = time.perf_counter()
     second = evaluate()
     seconds = time.perf_counter() - started
-    first = evaluate() if seed is not None else loss_scalar(raw_first)
     parameters.ensure_unmodified(snapshot, "the loss")
     for value in (first, second):
         reject_complex_loss(value)
@@ -253,7 +266,8 @@ def prepare(loss: Callable[..., Any], parameters: ParameterSet, grads: Any,
             )
     reject_random_loss(first, second, seed)
     unit_roundoff = computation_roundoff(parameters, loss_dtype(raw_first))
-    analytic, ignored = gradients_at_start(grads, parameters, seed, snapshot)
+    analytic, ignored = gradients_at_start(grads, loss, pass_argument, parameters, seed,
+                                           snapshot)
     notes = [f"ignored gradient keys: {', '.join(ignored)}"] if ignored else []
     return CheckSetup(parameters, analytic, evaluate, first, unit_roundoff, seconds, notes)
 
@@ -285,20 +299,27 @@ def reject_random_loss(first: float, second: float, seed: int | None) -> None:
 
 def computation_roundoff(parameters: ParameterSet, returned: np.dtype | None) -> float:
     """Unit round-off of the least precise dtype among the parameters and the loss."""
-    dtypes = [a.dtype for a in parameters.arrays]
+    dtypes = list(parameters.dtypes)
     if returned is not None:
         dtypes.append(returned)
     return max(float(np.finfo(d).eps) for d in dtypes) / 2
 
 
-def gradients_at_start(grads: Any, parameters: ParameterSet, seed: int | None,
-                       snapshot: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
-    """Analytic gradients aligned with the parameters; a callable is called once."""
-    if callable(grads):
-        if seed is not None:
-            np.random.seed(seed)
-            random.seed(seed)
-        grads = grads(parameters.original) if takes_argument(grads) else grads()
+def gradients_at_start(grads: Any, loss: Callable[..., Any], pass_argument: bool,
+                       parameters: ParameterSet, seed: int | None,
+                       snapshot: list[Any]) -> tuple[list[np.ndarray], list[str]]:
+    """Analytic gradients aligned with the parameters.
+
+    A callable is called once at the unperturbed point; ``None`` asks the framework
+    adapter for automatic differentiation of the loss.
+    """
+    if seed is not None:
+        parameters.reseed(seed)
+    if grads is None:
+        grads = parameters.autograd_gradients(loss, pass_argument)
+        parameters.ensure_unmodified(snapshot, "the loss")
+    elif callable(grads):
+        grads = grads(parameters.argument()) if takes_argument(grads) else grads()
         parameters.ensure_unmodified(snapshot, "the gradient function")
     return parameters.match_gradients(grads)
 
@@ -363,13 +384,6 @@ def perturbed_values(values: np.ndarray, steps: np.ndarray, dtype: np.dtype,
 # -- the evaluation loops -------------------------------------------------------------------
 
 
-def element_setter(array: np.ndarray) -> Callable[[int, Any], None]:
-    """Set one element by flat C-order index, writing through to ``array``."""
-    if array.flags.c_contiguous:
-        return array.reshape(-1).__setitem__
-    return array.flat.__setitem__
-
-
 def evaluate_two_sided(set_element: Callable, evaluate: Evaluate, indices: list[int],
                        plus: list, minus: list, original: list, out_plus: list,
                        out_minus: list, tick: Callable[[int], None], chunk: int) -> None:
@@ -414,7 +428,8 @@ class TensorPlan:
 
     position: int
     name: str
-    array: np.ndarray
+    shape: tuple[int, ...]
+    dtype: np.dtype
     indices: np.ndarray
     values: np.ndarray  # in the parameter's dtype
     plus: np.ndarray
@@ -427,14 +442,16 @@ def plan_tensors(setup: CheckSetup, eps: float | str, method: str, mode: str,
     rng = np.random.default_rng(seed)
     plans = []
     params = setup.params
-    for position, (name, array) in enumerate(zip(params.names, params.arrays)):
-        indices = elements_to_check(array.size, mode, sample, rng)
-        values = array.reshape(-1)[indices] if array.flags.c_contiguous else array.flat[indices]
-        values = np.asarray(values, dtype=array.dtype)
+    for position, (name, shape, dtype) in enumerate(zip(params.names, params.shapes,
+                                                         params.dtypes)):
+        size = int(np.prod(shape, dtype=np.int64))
+        indices = elements_to_check(size, mode, sample, rng)
+        values = params.flat_values(position, indices)
         steps = step_sizes(values.astype(np.float64), eps, method, setup.unit_roundoff)
-        plus, minus = perturbed_values(values.astype(np.float64), steps, array.dtype, method,
-                                       name, indices, array.shape)
-        plans.append(TensorPlan(position, name, array, indices, values, plus, minus, steps))
+        plus, minus = perturbed_values(values.astype(np.float64), steps, dtype, method,
+                                       name, indices, shape)
+        plans.append(TensorPlan(position, name, tuple(shape), dtype, indices, values, plus,
+                                minus, steps))
     return plans
 
 
@@ -460,12 +477,71 @@ def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | No
             except KeyboardInterrupt:
                 complete = False
             evaluations += len(outputs[0]) + len(outputs[1])
-            tensors.append(measure_tensor(plan, setup, method, outputs, tol))
+            tensor = measure_tensor(plan, setup, method, outputs, tol)
+            try:
+                if complete and method != "complex":
+                    evaluations += refine_failing(plan, tensor, setup, method, chunk, tol)
+            except KeyboardInterrupt:
+                complete = False
+            tensors.append(tensor)
     finally:
         bar.close()
     notes += result_notes(tensors, setup, method)
     return GradCheckResult(tensors, method, eps, mode, tol, evaluations, setup.loss_value,
                            complete=complete, notes=notes)
+
+
+def refine_failing(plan: TensorPlan, tensor: TensorCheck, setup: CheckSetup, method: str,
+                   chunk: int, tol: float) -> int:
+    """Re-estimate failing elements with smaller steps; adopt estimates that agree.
+
+    A probe of a few failing elements goes first: when smaller steps do not fix most of
+    them (a real bug), the rest are left alone, so a wrong tensor costs little extra.
+    Returns the number of extra loss evaluations.
+    """
+    evaluations = 0
+    for level in range(1, REFINE_LEVELS + 1):
+        candidates = np.flatnonzero(tensor.element_failing & ~tensor.kink)
+        probe = candidates[np.linspace(0, candidates.size - 1, min(candidates.size,
+                                                                    REFINE_PROBE)).astype(int)]
+        fixed, spent = re_estimate(plan, tensor, probe, level, setup, method, chunk, tol)
+        evaluations += spent
+        if not probe.size or fixed < probe.size / 2:
+            break
+        rest = np.setdiff1d(candidates, probe)
+        evaluations += re_estimate(plan, tensor, rest, level, setup, method, chunk, tol)[1]
+    return evaluations
+
+
+def re_estimate(plan: TensorPlan, tensor: TensorCheck, positions: np.ndarray, level: int,
+                setup: CheckSetup, method: str, chunk: int, tol: float) -> tuple[int, int]:
+    """Central/one-sided estimates at steps REFINE_FACTOR**level times smaller.
+
+    Returns (elements now agreeing, loss evaluations spent).
+    """
+    if not positions.size:
+        return 0, 0
+    try:
+        sub = sub_plan(plan, positions, plan.steps[positions] / REFINE_FACTOR**level, method)
+    except GradCheckError:  # the smaller step rounds away in this dtype
+        return 0, 0
+    outputs: tuple[list, list] = ([], [])
+    run_tensor(sub, setup, method, None, outputs, lambda _: None, chunk)
+    refined = measure_tensor(sub, setup, method, outputs, tol)
+    agreeing = ~refined.element_failing
+    tensor.adopt(positions, refined, agreeing)
+    return int(agreeing.sum()), len(outputs[0]) + len(outputs[1])
+
+
+def sub_plan(plan: TensorPlan, positions: np.ndarray, steps: np.ndarray,
+             method: str) -> TensorPlan:
+    """The same tensor's elements at ``positions``, with new steps."""
+    values = plan.values[positions]
+    indices = plan.indices[positions]
+    plus, minus = perturbed_values(values.astype(np.float64), steps, plan.dtype, method,
+                                   plan.name, indices, plan.shape)
+    return TensorPlan(plan.position, plan.name, plan.shape, plan.dtype, indices, values,
+                      plus, minus, steps)
 
 
 def complex_evaluator(loss: Callable[..., Any], setup: CheckSetup,
@@ -477,9 +553,12 @@ def complex_evaluator(loss: Callable[..., Any], setup: CheckSetup,
             "loss(params): the user's real arrays cannot hold complex values"
         )
 
+    if not hasattr(setup.params, "with_replacement"):
+        raise GradCheckError("method='complex' is available for NumPy parameters only")
+
     def for_tensor(position: int, complex_copy: np.ndarray) -> Evaluate:
         argument = setup.params.with_replacement(position, complex_copy)
-        return make_evaluator(loss, argument, True, seed)
+        return make_evaluator(loss, setup.params, True, seed, argument=argument)
 
     return for_tensor
 
@@ -489,32 +568,56 @@ def run_tensor(plan: TensorPlan, setup: CheckSetup, method: str, evaluator: Any,
     """Evaluate J at the planned points of one tensor, appending to ``outputs``."""
     indices = plan.indices.tolist()
     original = plan.values.tolist()
+    batched = setup.params.batched_losses if getattr(setup.params, "can_batch", False) else None
+    set_element = None if method == "complex" else setup.params.element_setter(plan.position)
     try:
-        if method == "central":
-            evaluate_two_sided(element_setter(plan.array), setup.evaluate, indices,
-                               plan.plus.tolist(), plan.minus.tolist(), original,
-                               outputs[0], outputs[1], tick, chunk)
-        elif method == "complex":
-            complex_copy = plan.array.astype(np.complex128)
+        if method == "complex":
+            complex_copy = setup.params.arrays[plan.position].astype(np.complex128)
             shifted = (plan.values + 1j * plan.steps).tolist()
             evaluate_one_sided(element_setter(complex_copy), evaluator(plan.position,
                                complex_copy), indices, shifted, original, outputs[0],
                                tick, chunk)
+        elif batched is not None:
+            evaluate_batched(batched, plan, method, outputs, tick, chunk)
+        elif method == "central":
+            evaluate_two_sided(set_element, setup.evaluate, indices, plan.plus.tolist(),
+                               plan.minus.tolist(), original, outputs[0], outputs[1],
+                               tick, chunk)
         else:
             side = plan.plus if method == "forward" else plan.minus
             out = outputs[0] if method == "forward" else outputs[1]
-            evaluate_one_sided(element_setter(plan.array), setup.evaluate, indices,
-                               side.tolist(), original, out, tick, chunk)
+            evaluate_one_sided(set_element, setup.evaluate, indices, side.tolist(), original,
+                               out, tick, chunk)
     except LossError:
         raise
     except Exception as error:
         done = max(len(outputs[0]), len(outputs[1]))
         where = plan.name + format_index(np.unravel_index(indices[min(done, len(indices) - 1)],
-                                                          plan.array.shape))
+                                                          plan.shape))
         if hasattr(error, "add_note"):
             error.add_note(f"(nbgradcheck: raised while {where} was perturbed; "
                            f"parameters restored)")
         raise
+
+
+def evaluate_batched(batched: Callable, plan: TensorPlan, method: str,
+                     outputs: tuple[list, list], tick: Callable[[int], None],
+                     chunk: int) -> None:
+    """Vectorized evaluation through the adapter's ``batched_losses``, chunk by chunk.
+
+    ``batched_losses(position, indices, values)`` returns J with each listed element set
+    to its value (one at a time, the others unperturbed) and leaves the parameters as
+    they were. Adapters that offer it set ``can_batch = True``.
+    """
+    sides = [(plan.plus, outputs[0])] if method != "backward" else []
+    if method in ("central", "backward"):
+        sides.append((plan.minus, outputs[1]))
+    for start in range(0, plan.indices.size, chunk):
+        stop = start + chunk
+        for shifted, out in sides:
+            out.extend(np.asarray(batched(plan.position, plan.indices[start:stop],
+                                          shifted[start:stop]), dtype=float).tolist())
+        tick(min(stop, plan.indices.size) - start)
 
 
 # -- from loss values to measurements -------------------------------------------------------
@@ -529,7 +632,8 @@ def measure_tensor(plan: TensorPlan, setup: CheckSetup, method: str,
     values = plan.values.astype(np.float64)
     up = plan.plus.astype(np.float64) - values
     down = values - plan.minus.astype(np.float64)
-    loss_plus, loss_minus = padded(outputs[0], count), padded(outputs[1], count)
+    loss_minus = padded(outputs[1], count)
+    loss_plus = padded(outputs[0], count, complex if method == "complex" else float)
     with np.errstate(invalid="ignore", divide="ignore"):
         if method == "central":
             numeric, step = (loss_plus - loss_minus) / (up + down), up + down
@@ -538,15 +642,14 @@ def measure_tensor(plan: TensorPlan, setup: CheckSetup, method: str,
         elif method == "backward":
             numeric, step = (j0 - loss_minus) / down, down
         else:
-            evaluated = padded(outputs[0], count, complex)
-            numeric, step, loss_plus = evaluated.imag / plan.steps, plan.steps, evaluated.real
+            numeric, step, loss_plus = loss_plus.imag / plan.steps, plan.steps, loss_plus.real
     noise = noise_floor(method, setup.unit_roundoff, j0, loss_plus, loss_minus, up, down)
     analytic_full = setup.analytic[plan.position]
     analytic = analytic_full.reshape(-1)[plan.indices]
     kink = np.zeros(count, dtype=bool)
     if method == "central":
         kink = kink_crossings(numeric, analytic, j0, loss_plus, loss_minus, up, down, noise, tol)
-    return TensorCheck(plan.name, plan.array.shape, plan.array.dtype, plan.indices, values,
+    return TensorCheck(plan.name, plan.shape, plan.dtype, plan.indices, values,
                        analytic, numeric, step, loss_plus, loss_minus, noise, kink,
                        analytic_full, tol)
 
@@ -565,7 +668,7 @@ def reject_non_finite(plan: TensorPlan, outputs: tuple[list, list]) -> None:
         if finite.all():
             continue
         j = int(np.argmin(finite))
-        where = format_index(np.unravel_index(int(plan.indices[j]), plan.array.shape))
+        where = format_index(np.unravel_index(int(plan.indices[j]), plan.shape))
         raise NonFiniteLossError(
             f"the loss became {losses[j]} when {plan.name}{where} was perturbed "
             f"({side}) from {plan.values[j]!r} to {shifted[j]!r}; parameters restored"
@@ -617,7 +720,7 @@ def result_notes(tensors: list[TensorCheck], setup: CheckSetup, method: str) -> 
             f"{'they are' if kinks > 1 else 'it is'} not counted as failing; see result.kinks"
         )
     floor = max((t.floor for t in tensors if t.evaluated.any()), default=0.0)
-    if floor > 1e-7 and method != "complex":
+    if floor > 1e-6 and method != "complex":
         notes.append(
             f"round-off floor of this check: relative difference up to {floor:.1e} can "
             f"come from floating-point noise alone (unit round-off {setup.unit_roundoff:.1e})"

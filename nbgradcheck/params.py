@@ -7,8 +7,9 @@ arrays that is not finite differencing.
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +52,53 @@ class ParameterSet:
         reject_repeated_arrays(names, arrays)
         return cls(names, arrays, kind, params)
 
+    # -- the interface the engine uses (framework adapters implement the same) ---------
+    fixed_argument = True  # the loss sees perturbations through the same object
+
     @property
     def shapes(self) -> list[tuple[int, ...]]:
         return [a.shape for a in self.arrays]
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        """NumPy dtypes of the parameters (for steps and the round-off floor)."""
+        return [a.dtype for a in self.arrays]
+
+    def argument(self) -> Any:
+        """What ``loss(params)`` receives; perturbations are visible through it."""
+        return self.original
+
+    def flat_values(self, position: int, indices: np.ndarray) -> np.ndarray:
+        """Current values of some elements (flat C-order indices), in the parameter dtype."""
+        array = self.arrays[position]
+        values = array.reshape(-1)[indices] if array.flags.c_contiguous else array.flat[indices]
+        return np.asarray(values, dtype=array.dtype)
+
+    def element_setter(self, position: int) -> Callable[[int, Any], None]:
+        """A function setting one element by flat C-order index, in place."""
+        return element_setter(self.arrays[position])
+
+    def reseed(self, seed: int) -> None:
+        """Re-seed the RNGs a loss may draw from (dropout masks then repeat)."""
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def rng_state(self) -> Callable[[], None]:
+        """Save the global RNG states; returns a function that puts them back."""
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+
+        def restore() -> None:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+        return restore
+
+    def autograd_gradients(self, loss: Callable[..., Any], pass_argument: bool) -> Any:
+        """Analytic gradients from automatic differentiation, when the framework has it."""
+        raise GradientError(
+            "grads is required for NumPy parameters: pass the gradient dict your backward "
+            "pass computes (or a function returning it)"
+        )
 
     def snapshot(self) -> list[np.ndarray]:
         """Exact copies of every array, for a final bit-for-bit comparison."""
@@ -221,7 +266,7 @@ def validated_gradient(name: str, grad: Any, param: np.ndarray) -> np.ndarray:
         grad = grad.detach().cpu().numpy()
     try:
         array = np.array(grad, copy=True)
-    except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way
+    except Exception as exc:
         raise GradientError(f"gradient of {name} is not array-like: {exc}") from exc
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise GradientError(
@@ -250,3 +295,10 @@ def shape_mismatch_message(name: str, grad_shape: tuple, param_shape: tuple) -> 
 def format_index(index: tuple) -> str:
     """'[2, 3]' for (2, 3); '[]' for a 0-d array."""
     return "[" + ", ".join(str(int(i)) for i in index) + "]"
+
+
+def element_setter(array: np.ndarray) -> Callable[[int, Any], None]:
+    """Set one element of ``array`` by flat C-order index, writing through to it."""
+    if array.flags.c_contiguous:
+        return array.reshape(-1).__setitem__
+    return array.flat.__setitem__

@@ -91,6 +91,17 @@ class TensorCheck:
             return np.where(scale > 0, self.abs_error / np.where(scale > 0, scale, 1), 0.0)
 
     @property
+    def element_failing(self) -> np.ndarray:
+        """Elements whose error exceeds both the tolerance and their round-off floor."""
+        scale = np.abs(self.numeric) + np.abs(self.analytic)
+        return self.evaluated & (self.abs_error > np.maximum(self.tol * scale, self.noise))
+
+    def adopt(self, positions: np.ndarray, other: TensorCheck, take: np.ndarray) -> None:
+        """Replace the measurements at ``positions[take]`` with ``other``'s (a re-estimate)."""
+        for field_name in ("numeric", "step", "loss_plus", "loss_minus", "noise", "kink"):
+            getattr(self, field_name)[positions[take]] = getattr(other, field_name)[take]
+
+    @property
     def difference(self) -> float:
         mask = self.counted
         if not mask.any():

@@ -1,0 +1,818 @@
+"""Find the spans of a training run where the loss stopped improving.
+
+The rule, applied to a loss history that may be noisy:
+
+1. **Aggregate.** Losses are averaged per epoch when ``epochs`` are given; long series are
+   then averaged in consecutive bins down to at most ``max_points`` points.
+2. **Transform.** Positive losses are analysed as ``log(loss)``, so that every threshold is a
+   *relative* improvement (as in ``ReduceLROnPlateau(threshold_mode="rel")``); losses that
+   can be negative are analysed on a linear scale, relative to their range.
+3. **Slope test.** For each point, a least-squares line is fitted to the ``window`` points
+   centred on it. The window is *flat* when the upper confidence bound (one-sided, level
+   ``confidence``) of the improvement across the window is below ``threshold``: noise
+   widens the bound, so noise alone never makes a falling curve look flat.
+4. **Spans.** A stall is the union of overlapping flat windows, at least ``min_length``
+   points long. It *recovered* when the smoothed loss then fell by ``recovery_drop``
+   within one window.
+5. **Converged or stalled.** A flat span after which the loss never falls again is where
+   training ended. It is *converged* when the loss had reached ``floor`` (within
+   ``converged_tol`` of the initial excess) or, with no floor given, had fallen by at
+   least ``min_drop`` before it; otherwise the run ended *stalled*.
+
+Non-finite losses (NaN, inf) are *divergence* and get their own rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "CAUSES",
+    "STALL_COLUMNS",
+    "VERDICTS",
+    "StallReport",
+    "analyze_stalls",
+    "as_loss_array",
+    "find_stalls",
+]
+
+STALL_COLUMNS = (
+    "start",
+    "end",
+    "length",
+    "loss_start",
+    "loss_end",
+    "rel_improvement",
+    "recovered",
+    "recovered_at",
+    "grad_norm",
+    "update_ratio",
+    "likely_cause",
+)
+VERDICTS = ("converged", "stalled", "diverged", "improving", "too short")
+CAUSES = (
+    "vanishing gradients",
+    "learning rate too small",
+    "saddle/plateau",
+    "divergence",
+    "unknown",
+)
+_MIN_WINDOW = 5
+
+
+@dataclass(frozen=True)
+class StallReport:
+    """Everything :func:`analyze_stalls` found, for tables, plots and summaries.
+
+    ``table`` has one row per stall or divergence (see :data:`STALL_COLUMNS`); ``units``
+    has one row per analysed point (epoch, step or bin) with columns ``x`` (mean label),
+    ``x_first``, ``x_last``, ``loss``, ``smoothed``, ``flat``, ``grad_norm`` and
+    ``update_ratio``. ``verdict`` is one of :data:`VERDICTS`.
+    """
+
+    table: pd.DataFrame
+    verdict: str
+    units: pd.DataFrame
+    unit_name: str
+    window: int
+    converged_from: Any = None
+    converged_span: tuple[Any, Any] | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def stalled(self) -> pd.DataFrame:
+        """Rows of real stalls (divergence rows left out)."""
+        return self.table[self.table["likely_cause"] != "divergence"]
+
+    def summary(self) -> str:
+        """A few lines of plain text: the verdict and one line per stall."""
+        lines = [f"verdict: {self._verdict_text()}"]
+        for number, row in enumerate(self.table.itertuples(index=False), start=1):
+            lines.append(f"  {number}. {_describe_row(row, self.unit_name)}")
+        if self.table.empty:
+            lines.append("  no stalls")
+        return "\n".join(lines)
+
+    def _verdict_text(self) -> str:
+        if self.verdict == "converged":
+            return f"converged from {self.unit_name} {_label(self.converged_from)}"
+        return self.verdict
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _describe_row(row: Any, unit_name: str) -> str:
+    span = f"{unit_name}s {_label(row.start)}–{_label(row.end)} ({row.length} {unit_name}s)"
+    if row.likely_cause == "divergence" and not np.isfinite(row.loss_end):
+        return f"{span}: loss is {row.loss_end} (divergence)"
+    recovery = f"recovered at {_label(row.recovered_at)}" if row.recovered else "no recovery"
+    change = f"loss {row.loss_start:.4g} → {row.loss_end:.4g}"
+    return f"{span}: {change}, {recovery}, likely cause: {row.likely_cause}"
+
+
+# ---------------------------------------------------------------------------- input checks
+
+
+def as_loss_array(values: Any, name: str = "losses") -> np.ndarray:
+    """Return ``values`` as a 1-D float64 array, or raise a ValueError saying what is wrong.
+
+    Accepts lists, tuples, NumPy arrays, pandas Series and tensors (``.detach().cpu()``).
+    """
+    if isinstance(values, pd.DataFrame):
+        raise ValueError(
+            f"{name} must be 1-D; got a DataFrame with columns {list(values.columns)}: "
+            "pass one column, e.g. df['loss']"
+        )
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be numeric, got a string")
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(
+            f"{name} must be 1-D (one value per step); got an array of shape {array.shape}"
+        )
+    if array.size == 0:
+        raise ValueError(f"{name} is empty")
+    if array.dtype.kind in "bmMUSV" or array.dtype.kind == "c":
+        raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
+    try:
+        return array.astype(np.float64)
+    except (TypeError, ValueError):
+        bad = next(v for v in array if not _is_real(v))
+        raise ValueError(f"{name} must be real numbers; found {bad!r}") from None
+
+
+def _is_real(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (str, bytes, complex))
+
+
+def _aligned(values: Any, name: str, length: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    array = as_loss_array(values, name)
+    if array.size != length:
+        raise ValueError(f"{name} has {array.size} values but losses has {length}")
+    return array
+
+
+# ---------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class _Units:
+    """Per-point series after aggregation, with the labels each point covers."""
+
+    x: np.ndarray
+    x_first: np.ndarray
+    x_last: np.ndarray
+    first: np.ndarray  # index of the first original unit (epoch or step) in each point
+    last: np.ndarray
+    loss: np.ndarray
+    grad: np.ndarray
+    update: np.ndarray
+
+
+def _group_starts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort order, group start offsets and group labels for ``keys``."""
+    if keys.size < 2 or np.all(keys[1:] >= keys[:-1]):
+        order = np.arange(keys.size)
+        sorted_keys = keys
+    else:
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    return order, starts, sorted_keys[starts]
+
+
+def _group_means(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    ordered = values[order]
+    counts = np.diff(np.r_[starts, ordered.size])
+    with np.errstate(invalid="ignore"):
+        return np.add.reduceat(ordered, starts) / counts
+
+
+def _nan_group_means(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    ordered = values[order]
+    finite = np.isfinite(ordered)
+    sums = np.add.reduceat(np.where(finite, ordered, 0.0), starts)
+    counts = np.add.reduceat(finite.astype(np.int64), starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _aggregate(
+    losses: np.ndarray,
+    labels: np.ndarray,
+    grads: np.ndarray,
+    updates: np.ndarray,
+    group: bool,
+) -> _Units:
+    if group:
+        order, starts, unit_labels = _group_starts(labels)
+        loss = _group_means(losses, order, starts)
+        grad = _nan_group_means(grads, order, starts)
+        update = _nan_group_means(updates, order, starts)
+    else:
+        unit_labels, loss, grad, update = labels, losses, grads, updates
+    index = np.arange(unit_labels.size)
+    return _Units(unit_labels, unit_labels, unit_labels, index, index, loss, grad, update)
+
+
+def _bin(units: _Units, max_points: int) -> _Units:
+    n = units.loss.size
+    if n <= max_points:
+        return units
+    size = math.ceil(n / max_points)
+    starts = np.arange(0, n, size)
+    ends = np.r_[starts[1:], n] - 1
+    order = np.arange(n)
+    return _Units(
+        x=_group_means(units.x.astype(np.float64), order, starts),
+        x_first=units.x_first[starts],
+        x_last=units.x_last[ends],
+        first=units.first[starts],
+        last=units.last[ends],
+        loss=_group_means(units.loss, order, starts),
+        grad=_nan_group_means(units.grad, order, starts),
+        update=_nan_group_means(units.update, order, starts),
+    )
+
+
+# ---------------------------------------------------------------------------- the slope test
+
+
+def _choose_scale(loss: np.ndarray, scale: str) -> str:
+    if scale not in ("auto", "log", "linear"):
+        raise ValueError(f"scale must be 'auto', 'log' or 'linear', got {scale!r}")
+    if scale == "auto":
+        return "log" if np.all(loss >= 0) else "linear"
+    if scale == "log" and np.any(loss < 0):
+        raise ValueError("scale='log' needs non-negative losses")
+    return scale
+
+
+@dataclass(frozen=True)
+class _Transform:
+    """Maps losses to the scale on which improvements are measured, and back."""
+
+    scale: str
+    offset: float
+    unit: float
+
+    @classmethod
+    def fit(cls, loss: np.ndarray, scale: str) -> _Transform:
+        if scale == "log":
+            tiny = max(float(np.max(loss)) * 1e-12, np.finfo(float).tiny)
+            return cls("log", tiny, 1.0)
+        spread = float(np.ptp(loss))
+        return cls("linear", 0.0, spread if spread > 0 else 1.0)
+
+    def forward(self, loss: np.ndarray) -> np.ndarray:
+        if self.scale == "log":
+            return np.log(np.maximum(loss, self.offset))
+        return loss / self.unit
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        return np.exp(z) if self.scale == "log" else z * self.unit
+
+    def drop(self, fraction: float) -> float:
+        """A relative improvement ``fraction`` expressed on the transformed scale."""
+        return -math.log1p(-fraction) if self.scale == "log" else fraction
+
+
+def _t_quantile(confidence: float, dof: int) -> float:
+    """One-sided Student-t quantile (Cornish–Fisher expansion around the normal one)."""
+    if confidence <= 0.5:
+        return 0.0
+    z = NormalDist().inv_cdf(confidence)
+    v = float(dof)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+    )
+
+
+@dataclass(frozen=True)
+class _WindowFits:
+    """Least-squares lines fitted to every full centred window (``centers`` index ``z``)."""
+
+    centers: np.ndarray
+    slope: np.ndarray
+    stderr: np.ndarray
+    mean: np.ndarray
+    half: int
+
+    def value_at(self, k: np.ndarray, offset: int) -> np.ndarray:
+        """Fitted value of window ``k`` at ``offset`` points from its centre."""
+        return self.mean[k] + self.slope[k] * offset
+
+
+def _fit_windows(z: np.ndarray, half: int) -> _WindowFits:
+    """Centred moving least-squares slope, its standard error and mean, via cumulative sums."""
+    n = z.size
+    width = 2 * half + 1
+    level = float(np.mean(z))
+    zc = z - level
+    positions = np.arange(n, dtype=np.float64)
+    s0 = np.r_[0.0, np.cumsum(zc)]
+    s1 = np.r_[0.0, np.cumsum(positions * zc)]
+    s2 = np.r_[0.0, np.cumsum(zc * zc)]
+    centers = np.arange(half, n - half)
+    lo, hi = centers - half, centers + half + 1
+    sum_y = s0[hi] - s0[lo]
+    sum_xy = (s1[hi] - s1[lo]) - centers * sum_y
+    sum_yy = s2[hi] - s2[lo]
+    sum_xx = half * (half + 1) * (2 * half + 1) / 3.0
+    slope = sum_xy / sum_xx
+    residual = np.maximum(sum_yy - sum_y * sum_y / width - sum_xy * slope, 0.0)
+    stderr = np.sqrt(residual / (width - 2) / sum_xx)
+    return _WindowFits(centers, slope, stderr, sum_y / width + level, half)
+
+
+def _moving_average(z: np.ndarray, half: int) -> np.ndarray:
+    """Centred moving average whose window shrinks at the ends."""
+    n = z.size
+    if half < 1:
+        return z.copy()
+    cumulative = np.r_[0.0, np.cumsum(z - z[0])]
+    idx = np.arange(n)
+    lo = np.maximum(idx - half, 0)
+    hi = np.minimum(idx + half + 1, n)
+    return (cumulative[hi] - cumulative[lo]) / (hi - lo) + z[0]
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (start, end) indices of the runs of True in ``mask``."""
+    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+
+
+def _covered(flat_centers: np.ndarray, n: int, half: int) -> np.ndarray:
+    """Points covered by at least one flat window."""
+    marks = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(marks, flat_centers - half, 1)
+    np.add.at(marks, flat_centers + half + 1, -1)
+    return np.cumsum(marks[:-1]) > 0
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: int  # indices into the finite series
+    end: int
+    first_window: int  # index into the window fits
+    last_window: int
+
+
+@dataclass(frozen=True)
+class _Settings:
+    window: int
+    threshold: float
+    confidence: float
+    min_length: int
+    recovery_drop: float
+    floor: float | None
+    min_drop: float
+    converged_tol: float
+    vanishing_grad: float
+    saddle_ratio: float
+    small_update: float
+    rising: float
+
+
+def _resolve_window(window: int | None, n: int) -> int:
+    if window is None:
+        window = max(_MIN_WINDOW, round(n / 40))
+    if window < 3:
+        raise ValueError(f"window must be at least 3 points, got {window}")
+    window = min(int(window), n if n % 2 else n - 1)
+    return window if window % 2 else window - 1
+
+
+def _flat_spans(z: np.ndarray, s: _Settings, transform: _Transform) -> tuple[list, _WindowFits]:
+    half = s.window // 2
+    fits = _fit_windows(z, half)
+    t = _t_quantile(s.confidence, s.window - 2)
+    improvement_bound = (-fits.slope + t * fits.stderr) * (2 * half)
+    flat = improvement_bound < transform.drop(s.threshold)
+    flat_idx = np.flatnonzero(flat)
+    covered = _covered(fits.centers[flat_idx], z.size, half)
+    spans = []
+    for start, end in zip(*_runs(covered), strict=True):
+        if end - start + 1 < s.min_length:
+            continue
+        inside = flat_idx[(fits.centers[flat_idx] - half >= start)]
+        inside = inside[fits.centers[inside] + half <= end]
+        spans.append(_Span(int(start), int(end), int(inside[0]), int(inside[-1])))
+    return spans, fits
+
+
+def _recovery(
+    smoothed: np.ndarray, span: _Span, level_end: float, s: _Settings, transform: _Transform
+) -> tuple[int | None, bool]:
+    """Index where the loss first fell ``recovery_drop`` below its stalled level, if it did
+    within one window; and whether it ever did before the end of the run."""
+    target = level_end - transform.drop(s.recovery_drop)
+    after = smoothed[span.end + 1 :]
+    below = np.flatnonzero(after <= target)
+    if below.size == 0:
+        return None, False
+    first = int(below[0])
+    return (span.end + 1 + first if first < s.window else None), True
+
+
+def _likely_cause(
+    rel_improvement: float, grad: float, update: float, grad_reference: float, s: _Settings
+) -> str:
+    if rel_improvement < -s.rising:
+        return "divergence"
+    if np.isnan(grad):
+        return "unknown"
+    if grad < s.vanishing_grad:
+        return "vanishing gradients"
+    if update < s.small_update:
+        return "learning rate too small"
+    if grad < s.saddle_ratio * grad_reference:
+        return "saddle/plateau"
+    if np.isnan(update) and rel_improvement > 0:
+        return "learning rate too small"
+    return "unknown"
+
+
+def _nan_median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else math.nan
+
+
+def _grad_reference(grad: np.ndarray, spans: list[_Span]) -> float:
+    """Typical gradient norm outside the stalls (90th percentile)."""
+    outside = np.ones(grad.size, dtype=bool)
+    for span in spans:
+        outside[span.start : span.end + 1] = False
+    values = grad[outside & np.isfinite(grad)]
+    return float(np.percentile(values, 90)) if values.size else math.nan
+
+
+@dataclass
+class _Analysis:
+    """Working state of one analysis of a finite series."""
+
+    units: _Units
+    keep: np.ndarray  # indices of the finite points in ``units``
+    z: np.ndarray
+    smoothed: np.ndarray
+    transform: _Transform
+    settings: _Settings
+
+
+def _stall_rows(a: _Analysis, spans: list[_Span], fits: _WindowFits) -> tuple[list, list]:
+    s, u, keep, tr = a.settings, a.units, a.keep, a.transform
+    grad, update = u.grad[keep], u.update[keep]
+    reference = _grad_reference(grad, spans)
+    rows, ever_recovers = [], []
+    for span in spans:
+        z_start = float(fits.value_at(np.array([span.first_window]), -fits.half)[0])
+        z_end = float(fits.value_at(np.array([span.last_window]), fits.half)[0])
+        loss_start, loss_end = (float(v) for v in tr.inverse(np.array([z_start, z_end])))
+        recovered_at, recovers = _recovery(a.smoothed, span, z_end, s, tr)
+        rel = _relative_change(loss_start, loss_end)
+        g = _nan_median(grad[span.start : span.end + 1])
+        r = _nan_median(update[span.start : span.end + 1])
+        first, last = keep[span.start], keep[span.end]
+        rows.append(
+            {
+                "start": u.x_first[first],
+                "end": u.x_last[last],
+                "length": int(u.last[last] - u.first[first] + 1),
+                "loss_start": loss_start,
+                "loss_end": loss_end,
+                "rel_improvement": rel,
+                "recovered": recovered_at is not None,
+                "recovered_at": (
+                    u.x_first[keep[recovered_at]] if recovered_at is not None else math.nan
+                ),
+                "grad_norm": g,
+                "update_ratio": r,
+                "likely_cause": _likely_cause(rel, g, r, reference, s),
+            }
+        )
+        ever_recovers.append(recovers)
+    return rows, ever_recovers
+
+
+def _relative_change(start: float, end: float) -> float:
+    return (start - end) / abs(start) if start != 0 else math.nan
+
+
+def _divergence_rows(units: _Units) -> list[dict]:
+    rows = []
+    finite = np.isfinite(units.loss)
+    for start, end in zip(*_runs(~finite), strict=True):
+        before = units.loss[:start][finite[:start]]
+        rows.append(
+            {
+                "start": units.x_first[start],
+                "end": units.x_last[end],
+                "length": int(units.last[end] - units.first[start] + 1),
+                "loss_start": float(before[-1]) if before.size else math.nan,
+                "loss_end": float(units.loss[start]),
+                "rel_improvement": math.nan,
+                "recovered": bool(end + 1 < units.loss.size),
+                "recovered_at": units.x_first[end + 1] if end + 1 < units.loss.size else math.nan,
+                "grad_norm": _nan_median(units.grad[start : end + 1]),
+                "update_ratio": _nan_median(units.update[start : end + 1]),
+                "likely_cause": "divergence",
+            }
+        )
+    return rows
+
+
+def _is_converged(a: _Analysis, level: float) -> bool:
+    s = a.settings
+    initial = float(a.transform.inverse(a.smoothed[:1])[0])
+    if s.floor is not None:
+        excess = initial - s.floor
+        return level - s.floor <= s.converged_tol * max(excess, 0.0)
+    return _relative_change(initial, level) >= s.min_drop
+
+
+def _terminal_count(ever_recovers: list[bool]) -> int:
+    """How many of the last spans are never followed by a recovery."""
+    count = 0
+    for recovers in reversed(ever_recovers):
+        if recovers:
+            break
+        count += 1
+    return count
+
+
+def _empty_table() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in STALL_COLUMNS})
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    if not rows:
+        return _empty_table()
+    table = pd.DataFrame(rows, columns=list(STALL_COLUMNS))
+    return table.sort_values("start", kind="stable").reset_index(drop=True)
+
+
+def _units_frame(units: _Units, smoothed_full: np.ndarray, flat_full: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "x": units.x,
+            "x_first": units.x_first,
+            "x_last": units.x_last,
+            "loss": units.loss,
+            "smoothed": smoothed_full,
+            "flat": flat_full,
+            "grad_norm": units.grad,
+            "update_ratio": units.update,
+        }
+    )
+
+
+def analyze_stalls(
+    losses: Any,
+    *,
+    epochs: Any = None,
+    steps: Any = None,
+    grad_norms: Any = None,
+    update_ratios: Any = None,
+    window: int | None = None,
+    threshold: float = 0.01,
+    confidence: float = 0.9,
+    min_length: int | None = None,
+    recovery_drop: float = 0.1,
+    floor: float | None = None,
+    min_drop: float = 0.5,
+    converged_tol: float = 0.05,
+    scale: str = "auto",
+    max_points: int = 10_000,
+    vanishing_grad: float = 1e-6,
+    saddle_ratio: float = 0.25,
+    small_update: float = 1e-5,
+    rising: float = 0.5,
+) -> StallReport:
+    """Find stalls in a loss history and say whether the run converged, stalled or diverged.
+
+    Parameters are those of :func:`find_stalls`; this returns the full :class:`StallReport`
+    (stall table, verdict and the per-point smoothed series used by the plots).
+    """
+    loss = as_loss_array(losses, "losses")
+    n = loss.size
+    group = epochs is not None
+    labels = _aligned(epochs if group else steps, "epochs" if group else "steps", n)
+    if labels is None:
+        labels = np.arange(n, dtype=np.float64)
+    if not np.all(np.isfinite(labels)):
+        raise ValueError(f"{'epochs' if group else 'steps'} must be finite numbers")
+    grads = _aligned(grad_norms, "grad_norms", n)
+    updates = _aligned(update_ratios, "update_ratios", n)
+    _check_fraction("threshold", threshold)
+    _check_fraction("recovery_drop", recovery_drop)
+    if max_points < 100:
+        raise ValueError(f"max_points must be at least 100, got {max_points}")
+    nan = np.full(n, np.nan)
+    units = _bin(
+        _aggregate(
+            loss,
+            labels,
+            nan if grads is None else grads,
+            nan if updates is None else updates,
+            group,
+        ),
+        max_points,
+    )
+    keep = np.flatnonzero(np.isfinite(units.loss))
+    unit_name = "epoch" if group else "step"
+    divergence = _divergence_rows(units)
+    settings_args = dict(
+        threshold=threshold,
+        confidence=confidence,
+        recovery_drop=recovery_drop,
+        floor=floor,
+        min_drop=min_drop,
+        converged_tol=converged_tol,
+        vanishing_grad=vanishing_grad,
+        saddle_ratio=saddle_ratio,
+        small_update=small_update,
+        rising=rising,
+    )
+    if keep.size < _MIN_WINDOW:
+        verdict = "diverged" if not np.isfinite(units.loss[-1]) else "too short"
+        smoothed = np.where(np.isfinite(units.loss), units.loss, np.nan)
+        return StallReport(
+            table=_table(divergence),
+            verdict=verdict,
+            units=_units_frame(units, smoothed, np.zeros(units.loss.size, dtype=bool)),
+            unit_name=unit_name,
+            window=0,
+            settings={**settings_args, "scale": scale},
+        )
+    chosen_window = _resolve_window(window, keep.size)
+    settings = _Settings(
+        window=chosen_window,
+        min_length=chosen_window if min_length is None else int(min_length),
+        **settings_args,
+    )
+    transform = _Transform.fit(units.loss[keep], _choose_scale(units.loss[keep], scale))
+    z = transform.forward(units.loss[keep])
+    smoothed = _moving_average(z, max(1, chosen_window // 4))
+    analysis = _Analysis(units, keep, z, smoothed, transform, settings)
+    spans, fits = _flat_spans(z, settings, transform)
+    rows, ever_recovers = _stall_rows(analysis, spans, fits)
+    verdict, converged_from, converged_span, rows = _verdict(
+        analysis, spans, rows, ever_recovers
+    )
+    flat_full = np.zeros(units.loss.size, dtype=bool)
+    for span in spans:
+        flat_full[keep[span.start : span.end + 1]] = True
+    smoothed_full = np.full(units.loss.size, np.nan)
+    smoothed_full[keep] = transform.inverse(smoothed)
+    return StallReport(
+        table=_table(rows + divergence),
+        verdict="diverged" if not np.isfinite(units.loss[-1]) else verdict,
+        units=_units_frame(units, smoothed_full, flat_full),
+        unit_name=unit_name,
+        window=chosen_window,
+        converged_from=converged_from,
+        converged_span=converged_span,
+        settings={**settings_args, "scale": transform.scale, "window": chosen_window},
+    )
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must be between 0 and 1 (a relative change), got {value}")
+
+
+def _verdict(
+    a: _Analysis, spans: list[_Span], rows: list[dict], ever_recovers: list[bool]
+) -> tuple[str, Any, tuple[Any, Any] | None, list[dict]]:
+    terminal = _terminal_count(ever_recovers)
+    if terminal == 0:
+        return "improving", None, None, rows
+    first_terminal = len(rows) - terminal
+    level = float(
+        np.min(a.transform.inverse(a.smoothed[spans[first_terminal].start :]))
+    )
+    if not _is_converged(a, level):
+        return "stalled", None, None, rows
+    start = rows[first_terminal]["start"]
+    end = rows[-1]["end"]
+    return "converged", start, (start, end), rows[:first_terminal]
+
+
+def find_stalls(
+    losses: Any,
+    *,
+    epochs: Any = None,
+    steps: Any = None,
+    grad_norms: Any = None,
+    update_ratios: Any = None,
+    window: int | None = None,
+    threshold: float = 0.01,
+    confidence: float = 0.9,
+    min_length: int | None = None,
+    recovery_drop: float = 0.1,
+    floor: float | None = None,
+    min_drop: float = 0.5,
+    converged_tol: float = 0.05,
+    scale: str = "auto",
+    max_points: int = 10_000,
+    vanishing_grad: float = 1e-6,
+    saddle_ratio: float = 0.25,
+    small_update: float = 1e-5,
+    rising: float = 0.5,
+) -> pd.DataFrame:
+    """Return one row per span where the loss stopped improving.
+
+    Args:
+        losses: one loss per step (or per epoch); NaN/inf mark divergence.
+        epochs: epoch of each loss; losses are averaged per epoch and the table is in epochs.
+        steps: label of each loss when no ``epochs`` are given (default ``0, 1, 2, ...``).
+        grad_norms: gradient norm at each step (enables ``grad_norm`` and ``likely_cause``).
+        update_ratios: ``|Δθ| / |θ|`` at each step (tells a too small learning rate).
+        window: points per slope test (default: 1/40 of the points, at least 5; made odd).
+        threshold: a window is flat when its loss improves by less than this fraction.
+        confidence: one-sided level of the bound on the improvement (0.5: point estimate).
+        min_length: shortest reported stall, in points (default: ``window``).
+        recovery_drop: relative fall within one window after a stall that counts as recovery.
+        floor: lowest attainable loss if known (e.g. 0); decides converged vs stalled.
+        min_drop: without ``floor``, a final flat span is converged if the loss had fallen by
+            at least this fraction of its initial value.
+        converged_tol: with ``floor``, converged when the loss is within this fraction of the
+            initial excess over the floor.
+        scale: ``"log"`` (relative changes), ``"linear"`` (changes relative to the loss range)
+            or ``"auto"`` (log unless some loss is negative).
+        max_points: longer series are averaged in consecutive bins down to this many points.
+        vanishing_grad: gradient norm below which a stall is put down to vanishing gradients.
+        saddle_ratio: a stall whose gradient norm is below this fraction of the typical norm
+            elsewhere in the run (90th percentile) is a saddle or plateau.
+        small_update: update/weight ratio below which the learning rate is too small.
+        rising: a "stall" whose loss rose by more than this fraction is divergence.
+
+    Returns:
+        A DataFrame with columns :data:`STALL_COLUMNS`: ``start`` and ``end`` (inclusive
+        epochs or steps), ``length``, ``loss_start``, ``loss_end``, ``rel_improvement``
+        (fraction of the loss gained over the span), ``recovered`` (fell fast afterwards),
+        ``recovered_at``, ``grad_norm`` and ``update_ratio`` (medians over the span) and
+        ``likely_cause`` (one of :data:`CAUSES`). A flat span at the end of a converged run
+        is not a stall: ``table.attrs["verdict"]`` says ``"converged"`` (from
+        ``attrs["converged_from"]``), ``"stalled"``, ``"diverged"``, ``"improving"`` or
+        ``"too short"``. :func:`analyze_stalls` returns the same with the smoothed series.
+
+    Raises:
+        ValueError: empty, non-numeric or non-1-D input, or misaligned ``epochs``/``steps``/
+            ``grad_norms``/``update_ratios``.
+    """
+    report = analyze_stalls(
+        losses,
+        epochs=epochs,
+        steps=steps,
+        grad_norms=grad_norms,
+        update_ratios=update_ratios,
+        window=window,
+        threshold=threshold,
+        confidence=confidence,
+        min_length=min_length,
+        recovery_drop=recovery_drop,
+        floor=floor,
+        min_drop=min_drop,
+        converged_tol=converged_tol,
+        scale=scale,
+        max_points=max_points,
+        vanishing_grad=vanishing_grad,
+        saddle_ratio=saddle_ratio,
+        small_update=small_update,
+        rising=rising,
+    )
+    table = report.table.copy()
+    table.attrs.update(
+        verdict=report.verdict,
+        converged_from=report.converged_from,
+        window=report.window,
+        unit=report.unit_name,
+    )
+    return table
