@@ -1,0 +1,48 @@
+"""Shared fixtures: course networks and helpers that compare parameters bit for bit."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from nbgradcheck.demo import course_network  # noqa: E402
+
+
+def frozen(params):
+    """Bytes of every array (dict, list or single array), for exact comparison."""
+    if isinstance(params, dict):
+        return {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in params.items()}
+    if isinstance(params, (list, tuple)):
+        return [(v.dtype.str, v.shape, v.tobytes()) for v in params]
+    return (params.dtype.str, params.shape, params.tobytes())
+
+
+@pytest.fixture
+def net():
+    return course_network()
+
+
+@pytest.fixture
+def buggy_net():
+    return course_network(bugs=("scale_dW2", "db1_4_over_m"))
+
+
+@pytest.fixture
+def quadratic():
+    """J = Σ_k ½ a_k θ_k² + c_k θ_k over W (2×3) and b (3,), with exact gradients."""
+    rng = np.random.default_rng(0)
+    params = {"W": rng.normal(size=(2, 3)), "b": rng.normal(size=3)}
+    a = {k: rng.uniform(0.5, 2, size=v.shape) for k, v in params.items()}
+    c = {k: rng.normal(size=v.shape) for k, v in params.items()}
+
+    def loss(p):
+        return float(sum(np.sum(0.5 * a[k] * p[k] ** 2 + c[k] * p[k]) for k in p))
+
+    def grads(p):
+        return {"d" + k: a[k] * p[k] + c[k] for k in p}
+
+    return params, loss, grads
