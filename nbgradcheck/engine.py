@@ -351,18 +351,18 @@ def step_sizes(values: np.ndarray, eps: float | str, method: str,
 
 def resolve_eps(eps: float | str | None, method: str, parameters: ParameterSet,
                 notes: list[str]) -> float | str:
-    if eps is not None:
-        return float(eps) if eps != "auto" else "auto"
-    if method == "complex":
+    """The step to use; notes why when the parameters are not float64."""
+    low = [n for n, d in zip(parameters.names, parameters.dtypes) if d != np.float64]
+    if eps is None and method == "complex":
         return DEFAULT_COMPLEX_EPS
-    low = [n for n, a in zip(parameters.names, parameters.arrays) if a.dtype != np.float64]
+    chosen = ("auto" if low else DEFAULT_EPS) if eps is None else eps
     if low:
+        step = "eps='auto' (a step scaled to the dtype)" if chosen == "auto" else f"eps={eps}"
         notes.append(
-            f"{', '.join(low)} {'is' if len(low) == 1 else 'are'} not float64: using "
-            f"eps='auto' (a step scaled to the dtype) and verdicts that allow for round-off"
+            f"{', '.join(low)} {'is' if len(low) == 1 else 'are'} not float64: using {step} "
+            f"and verdicts that allow for the round-off floor of the lower precision"
         )
-        return "auto"
-    return DEFAULT_EPS
+    return "auto" if chosen == "auto" else float(chosen)
 
 
 def perturbed_values(values: np.ndarray, steps: np.ndarray, dtype: np.dtype,
