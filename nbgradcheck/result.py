@@ -231,7 +231,8 @@ class GradCheckResult(ResultViews):
 
     @property
     def passed(self) -> bool:
-        return not self.failing
+        """No tensor fails, and the check ran to the end."""
+        return self.complete and not self.failing
 
     @property
     def n_checked(self) -> int:
@@ -295,7 +296,7 @@ class GradCheckResult(ResultViews):
 
     # -- text -------------------------------------------------------------------------
     def summary(self) -> str:
-        status = "PASSED" if self.passed else "FAILED"
+        status = "PASSED" if self.passed else "FAILED" if self.failing else "INCOMPLETE"
         step = f"eps={self.eps:g}" if isinstance(self.eps, float) else f"eps={self.eps}"
         line = (
             f"Gradient check {status}: {self.verdict} (global relative difference "

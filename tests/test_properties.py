@@ -71,6 +71,7 @@ def test_a_planted_scale_or_sign_error_is_flagged_on_exactly_that_tensor(problem
         abs(factor - 1) / (abs(factor) + 1), rel=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:Gradient check:RuntimeWarning")
 @SETTINGS
 @given(polynomial_problems(), st.integers(1, 60), st.sampled_from(["raise", "interrupt"]),
        st.sampled_from(["central", "forward", "backward", "complex"]))
