@@ -628,6 +628,12 @@ def measure_tensor(plan: TensorPlan, setup: CheckSetup, method: str,
     """Numeric gradient, round-off floor and kinks from the recorded loss values."""
     count = plan.indices.size
     reject_non_finite(plan, outputs)
+    if method == "complex" and outputs[0] and not isinstance(outputs[0][0], complex):
+        raise LossError(
+            "with method='complex' the loss returned a real number for complex parameters: "
+            "something in it (float(), np.real, .astype(float), abs) drops the imaginary "
+            "part; make it complex-safe or use method='central'"
+        )
     j0 = setup.loss_value
     values = plan.values.astype(np.float64)
     up = plan.plus.astype(np.float64) - values

@@ -135,6 +135,12 @@ def test_complex_step_needs_the_parameters_as_argument(net):
                  method="complex")
 
 
+def test_complex_step_through_a_real_cast_is_an_error(net):
+    with pytest.raises(ng.LossError, match="drops the imaginary part"):
+        ng.check(lambda p: float(np.real(net.loss(p))), net.parameters, net.gradients,
+                 method="complex")
+
+
 def test_auto_eps_scales_with_magnitude():
     theta = np.array([1e-3, 1.0, 1e4])
     result = ng.check(lambda t: np.sum(t**2), theta, 2 * theta, eps="auto")

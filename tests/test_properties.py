@@ -31,7 +31,7 @@ def polynomial_problems(draw):
     def loss(p):
         total = sum(np.sum(c[0] * p[k] + c[1] * p[k] ** 2 + c[2] * p[k] ** 3)
                     for k, c in coefficients.items())
-        return float(total + coupling * np.sum(p[first]) * np.sum(p[last]))
+        return total + coupling * np.sum(p[first]) * np.sum(p[last])
 
     def gradients(p):
         grads = {k: c[0] + 2 * c[1] * p[k] + 3 * c[2] * p[k] ** 2
