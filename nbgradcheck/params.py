@@ -83,6 +83,11 @@ class ParameterSet:
         np.random.seed(seed)
         random.seed(seed)
 
+    def rng_fingerprint(self) -> tuple:
+        """Cheap summary of the global RNG states: changes whenever a draw is made."""
+        _, key, position, has_gauss, gauss = np.random.get_state()
+        return position, int(key[0]), int(key[-1]), has_gauss, gauss, hash(random.getstate())
+
     def rng_state(self) -> Callable[[], None]:
         """Save the global RNG states; returns a function that puts them back."""
         numpy_state, python_state = np.random.get_state(), random.getstate()

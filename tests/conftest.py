@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from nbgradcheck.demo import course_network  # noqa: E402
+from nbgradcheck.demo import course_network
 
 
 def frozen(params):

@@ -130,7 +130,7 @@ def test_complex_step_reaches_machine_precision(net, buggy_net):
 
 
 def test_complex_step_needs_the_parameters_as_argument(net):
-    with pytest.raises(ng.GradCheckError, match="complex.*argument"):
+    with pytest.raises(ng.GradCheckError, match=r"complex.*argument"):
         ng.check(lambda: net.loss(net.parameters), net.parameters, net.gradients,
                  method="complex")
 

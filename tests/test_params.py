@@ -67,7 +67,7 @@ def test_gradient_structure_must_match_the_parameters():
         check_quadratic([np.ones(2), np.ones(3)], [np.ones(2)])
     with pytest.raises(ng.GradientError, match="list/tuple of 2 arrays"):
         check_quadratic([np.ones(2), np.ones(3)], {"p0": np.ones(2)})
-    with pytest.raises(ng.GradientError, match="dtype <U1|dtype"):
+    with pytest.raises(ng.GradientError, match=r"W has dtype <U1: expected real"):
         check_quadratic({"W": np.ones(2)}, {"W": np.array(["a", "b"])})
 
 
