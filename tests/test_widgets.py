@@ -8,6 +8,7 @@ import html
 import numpy as np
 import pytest
 from conftest import frozen
+from IPython.testing.globalipapp import start_ipython
 
 import nbgradcheck as ng
 from nbgradcheck.demo import course_network, forward
@@ -138,6 +139,7 @@ def test_recheck_with_complex_steps_passes_the_whole_dict_to_the_loss(inspector)
 
 
 def test_recheck_errors_are_shown_not_raised(buggy):
+    start_ipython()  # with a shell, `with Output():` swallows exceptions, as in a kernel
     net = buggy
 
     def closure_loss():

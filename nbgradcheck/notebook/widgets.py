@@ -154,14 +154,17 @@ class Inspector(widgets.VBox):
         before = self.tensor
         self.recheck_button.disabled = True
         self.status.value = f"re-checking {html.escape(name)}…"
-        try:
-            with self.output:
+        # The progress bar goes to the Output widget. In a kernel, `with output:` would
+        # swallow an exception into it, so errors are caught inside and shown as status.
+        with self.output:
+            try:
                 new = recheck_tensor(self.result, name, eps=step, method=method)
-        except Exception as error:  # shown in the widget: a callback's traceback is lost
-            self.status.value = error_html(error)
+            except Exception as error:
+                new, self.status.value = None, error_html(error)
+            finally:
+                self.recheck_button.disabled = False
+        if new is None:
             return
-        finally:
-            self.recheck_button.disabled = False
         self.latest[name] = new
         after = new.tensor(name)
         self.status.value = recheck_html(name, new, before, after)
