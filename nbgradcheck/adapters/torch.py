@@ -1,0 +1,600 @@
+"""PyTorch adapter: check the parameters of an ``nn.Module``, a list or a dict of tensors.
+
+``check(closure, model)`` perturbs each parameter element in place (under
+``torch.no_grad()``, through ``.data``, on any device) and writes the saved value back, so
+parameters are bit-for-bit unchanged afterwards; buffers (BatchNorm running statistics)
+and the ``.grad`` attributes the user had are restored too. Analytic gradients come from
+one backward pass of the closure (or from the user's ``grads``).
+
+Where the model allows it, many perturbations are evaluated in one call of
+``torch.func.vmap`` over ``torch.func.functional_call``; a model that does not (dropout in
+training mode, BatchNorm updating running statistics, data-dependent control flow,
+``.item()``, custom ``autograd.Function`` without a vmap rule, a closure holding its own
+reference to a parameter) is detected on the first try and evaluated one element at a
+time instead.
+
+float32 parameters are checked in float32 with the engine's round-off-aware verdicts (a
+correct float32 model passes and real bugs fail); see ``benchmarks/bench_torch.py``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import GradientError, LossError, ParameterError, ParametersModifiedError
+from ..params import (
+    SINGLE_ARRAY_NAME,
+    format_index,
+    gradient_key,
+    looks_like_parameter_gradient,
+    validated_gradient,
+)
+
+NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+# One vmap call holds this many bytes of perturbed copies of a tensor at most.
+BATCH_MEMORY_BYTES = 128 * 2**20
+# Elements of a chunk evaluated both ways, the first time a tensor is batched, to confirm
+# that the batched call sees the perturbation the way the loop does.
+VERIFY_ELEMENTS = 3
+# Batched and looped J may differ by rounding (bmm against mm): this many unit round-offs
+# of |J|, plus this share of the change the perturbation itself makes.
+VERIFY_ROUNDOFF = 64.0
+VERIFY_SHARE = 0.01
+
+
+class TorchParameters(Mapping):
+    """The named tensors of a model, list or dict, with options for the check.
+
+    ``check(closure, TorchParameters(model, dropout=False))`` switches the model's dropout
+    modules to evaluation mode for the check (their modes are restored afterwards), so
+    J is deterministic without ``seed=``; ``vectorize=False`` forces the element-by-element
+    loop. The loss still receives ``model`` itself when it takes an argument.
+    """
+
+    def __init__(self, params: Any, *, dropout: bool = True, vectorize: bool = True) -> None:
+        self.params = params
+        self.dropout = dropout
+        self.vectorize = vectorize
+        self.names, self.tensors, self.kind = named_tensors(params)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[self.names.index(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def torch_parameter_set(params: Any) -> TorchParameterSet:
+    """The engine's view of a module, tensor, list/tuple or dict of tensors."""
+    options = params if isinstance(params, TorchParameters) else TorchParameters(params)
+    return TorchParameterSet(options)
+
+
+# -- naming and validating the user's tensors ------------------------------------------------
+
+
+def named_tensors(params: Any) -> tuple[list[str], list[torch.Tensor], str]:
+    """(names, tensors, kind) for a module, one tensor, a dict or a sequence of tensors."""
+    if isinstance(params, nn.Module):
+        named = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
+        if not named:
+            raise ParameterError(
+                f"the {type(params).__name__} has no parameters with requires_grad=True: "
+                f"there is nothing to check"
+            )
+        names, tensors, kind = [n for n, _ in named], [p for _, p in named], "module"
+    elif isinstance(params, torch.Tensor):
+        names, tensors, kind = [SINGLE_ARRAY_NAME], [params], "tensor"
+    elif isinstance(params, Mapping):
+        names, tensors, kind = [str(k) for k in params], list(params.values()), "dict"
+    elif isinstance(params, (list, tuple)):
+        names, tensors, kind = [f"p{i}" for i in range(len(params))], list(params), "sequence"
+    else:
+        raise ParameterError(
+            f"params must be an nn.Module, a tensor, a dict or a list of tensors, not "
+            f"{type(params).__name__} (for model.parameters() pass list(model.parameters()) "
+            f"or the model itself)"
+        )
+    if not tensors:
+        raise ParameterError("params is empty: there is nothing to check")
+    for name, tensor in zip(names, tensors):
+        validate_tensor(name, tensor)
+    reject_repeated_tensors(names, tensors)
+    return names, tensors, kind
+
+
+def validate_tensor(name: str, tensor: Any) -> None:
+    """Raise ParameterError unless ``tensor`` is a finite dense float tensor."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ParameterError(f"parameter {name} is a {type(tensor).__name__}, not a tensor")
+    if tensor.dtype not in NUMPY_DTYPES:
+        hint = (f"convert it once with {name}.data = {name}.data.float()"
+                if tensor.is_floating_point() else
+                "only floating-point tensors can hold a small perturbation")
+        raise ParameterError(f"parameter {name} has dtype {tensor.dtype}: {hint}")
+    if tensor.layout != torch.strided:
+        raise ParameterError(f"parameter {name} is a {tensor.layout} tensor: use a dense one")
+    finite = torch.isfinite(tensor.detach())
+    if not bool(finite.all()):
+        where = np.unravel_index(int(torch.argmin(finite.reshape(-1).int())), tensor.shape)
+        raise ParameterError(
+            f"parameter {name} contains {tensor.detach()[where].item()} at "
+            f"{format_index(where)}: a gradient check needs finite parameters"
+        )
+
+
+def reject_repeated_tensors(names: list[str], tensors: list[torch.Tensor]) -> None:
+    seen: dict[int, str] = {}
+    for name, tensor in zip(names, tensors):
+        if id(tensor) in seen:
+            raise ParameterError(
+                f"parameters {seen[id(tensor)]} and {name} are the same tensor: pass it once"
+            )
+        seen[id(tensor)] = name
+
+
+def bitwise(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bits as integers, so that comparison is exact (NaN, −0.0)."""
+    if tensor.is_floating_point() or tensor.is_complex():
+        integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+        if tensor.is_complex():
+            tensor = torch.view_as_real(tensor)
+        return tensor.view(integer[tensor.element_size()])
+    return tensor
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(bitwise(a), bitwise(b))
+
+
+@dataclass
+class TorchSnapshot:
+    """Exact copies of the parameters, the module's buffers and the parameters' ``.grad``."""
+
+    params: list[torch.Tensor]
+    buffers: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
+
+
+# -- the parameter set ---------------------------------------------------------------------
+
+
+class TorchParameterSet:
+    """The engine's interface (see :class:`nbgradcheck.params.ParameterSet`) for torch."""
+
+    fixed_argument = True  # the loss sees the in-place perturbations through the model
+
+    def __init__(self, options: TorchParameters) -> None:
+        self.options = options
+        self.names = options.names
+        self.tensors = options.tensors
+        self.kind = options.kind
+        self.original = options.params
+        module = options.params if options.kind == "module" else None
+        self.module: nn.Module | None = module
+        self.buffers = [b for b in module.buffers()] if module is not None else []
+        self.loss: Callable[..., Any] | None = None
+        self.pass_argument = False
+        self.seed: int | None = None  # set by reseed: the loop fallback re-seeds likewise
+        self.batch_fallback: str | None = None  # why vectorized evaluation was given up
+        self.verified: set[int] = set()
+        self.unperturbed: float | None = None
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(t.shape) for t in self.tensors]
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        return [np.dtype(NUMPY_DTYPES[t.dtype]) for t in self.tensors]
+
+    def argument(self) -> Any:
+        """What ``loss(params)`` receives: the user's model, list or dict."""
+        return self.original
+
+    # -- reading and perturbing elements ---------------------------------------------------
+    def flat_values(self, position: int, indices: np.ndarray) -> np.ndarray:
+        flat = self.tensors[position].detach().reshape(-1)
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=flat.device)
+        return flat[index].cpu().numpy()
+
+    def element_setter(self, position: int) -> Callable[[int, Any], None]:
+        """Set one element by flat C-order index, in place (a NumPy view on the CPU)."""
+        data = self.tensors[position].data
+        if data.device.type == "cpu" and data.dtype in NUMPY_DTYPES:
+            array = data.numpy()
+            if array.flags.c_contiguous:
+                return array.reshape(-1).__setitem__
+            return array.flat.__setitem__
+        shape = tuple(data.shape)
+
+        def set_element(flat_index: int, value: Any) -> None:
+            with torch.no_grad():
+                data[np.unravel_index(flat_index, shape)] = value
+
+        return set_element
+
+    def group_setter(self, position: int) -> Callable[[np.ndarray, np.ndarray], None]:
+        """Set several elements (flat C-order indices) at once, in place (fast mode)."""
+        data = self.tensors[position].data
+        if data.device.type == "cpu":
+            array = data.numpy()
+            target = array.reshape(-1) if array.flags.c_contiguous else array.flat
+
+            def set_on_cpu(indices: np.ndarray, values: np.ndarray) -> None:
+                target[indices] = values
+
+            return set_on_cpu
+        shape = tuple(data.shape)
+
+        def set_on_device(indices: np.ndarray, values: np.ndarray) -> None:
+            where = tuple(torch.as_tensor(i, device=data.device)
+                          for i in np.unravel_index(np.asarray(indices), shape))
+            with torch.no_grad():
+                data[where] = torch.as_tensor(np.asarray(values), dtype=data.dtype,
+                                              device=data.device)
+
+        return set_on_device
+
+    # -- randomness and global state -------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Re-seed torch (all devices), NumPy and Python: dropout masks then repeat."""
+        self.seed = seed
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def rng_fingerprint(self) -> tuple:
+        """Cheap summary of the global RNG states: changes whenever a draw is made."""
+        states = [torch.get_rng_state()]
+        if torch.cuda.is_initialized():
+            states += torch.cuda.get_rng_state_all()
+        _, key, position, has_gauss, gauss = np.random.get_state()
+        return (tuple(hash(s.numpy().tobytes()) for s in states), position, int(key[0]),
+                has_gauss, gauss, hash(random.getstate()))
+
+    def rng_state(self) -> Callable[[], None]:
+        """Save the RNG states (and switch dropout off if asked); returns the undo function.
+
+        The engine calls this once before the first evaluation and the returned function
+        once at the end, also on errors, so it brackets the whole check.
+        """
+        torch_state = torch.get_rng_state()
+        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        modes = self.switch_dropout_off() if not self.options.dropout else []
+
+        def restore() -> None:
+            for module, training in modes:
+                module.training = training
+            torch.set_rng_state(torch_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+        return restore
+
+    def switch_dropout_off(self) -> list[tuple[nn.Module, bool]]:
+        """Put every dropout module in evaluation mode; returns (module, old mode) pairs."""
+        if self.module is None:
+            raise ParameterError("dropout=False needs an nn.Module to find the dropout in")
+        modes = [(m, m.training) for m in self.module.modules()
+                 if isinstance(m, nn.modules.dropout._DropoutNd)]
+        for module, _ in modes:
+            module.training = False
+        return modes
+
+    # -- exact restore ---------------------------------------------------------------------
+    def snapshot(self) -> TorchSnapshot:
+        """Copies of parameters, buffers and ``.grad`` attributes, for an exact restore."""
+        return TorchSnapshot(
+            [t.detach().clone() for t in self.tensors],
+            [b.detach().clone() for b in self.buffers],
+            [None if t.grad is None else t.grad.detach().clone() for t in self.tensors],
+        )
+
+    def modified_names(self, snapshot: TorchSnapshot) -> list[str]:
+        """Names of the parameters whose bits differ from ``snapshot``."""
+        return [name for name, tensor, saved in zip(self.names, self.tensors, snapshot.params)
+                if not same_bits(tensor.detach(), saved)]
+
+    def restore(self, snapshot: TorchSnapshot) -> None:
+        """Write parameters, buffers and ``.grad`` back, bit for bit."""
+        with torch.no_grad():
+            for tensor, saved in zip(self.tensors, snapshot.params):
+                tensor.data.copy_(saved)
+        self.restore_side_state(snapshot)
+
+    def restore_side_state(self, snapshot: TorchSnapshot) -> None:
+        """Buffers and ``.grad``: a forward pass in training mode updates running
+        statistics and a closure may call backward, so they are put back silently."""
+        with torch.no_grad():
+            for buffer, saved in zip(self.buffers, snapshot.buffers):
+                if not same_bits(buffer, saved):
+                    buffer.copy_(saved)
+        for tensor, saved in zip(self.tensors, snapshot.grads):
+            if saved is None:
+                tensor.grad = None
+            elif tensor.grad is None or not same_bits(tensor.grad, saved):
+                tensor.grad = saved.clone()
+
+    def ensure_unmodified(self, snapshot: TorchSnapshot, culprit: str) -> None:
+        """Restore buffers and grads; restore and raise if ``culprit`` changed parameters."""
+        self.restore_side_state(snapshot)
+        changed = self.modified_names(snapshot)
+        if changed:
+            self.restore(snapshot)
+            raise ParametersModifiedError(
+                f"{culprit} changed {', '.join(changed)} in place (an optimizer step or an "
+                f"in-place operation on a parameter?). The parameters were restored; make "
+                f"{culprit} leave them unchanged."
+            )
+
+    # -- gradients -------------------------------------------------------------------------
+    def match_gradients(self, grads: Any) -> tuple[list[np.ndarray], list[str]]:
+        """Align ``grads`` (dict by name, or a list in parameter order) with the parameters."""
+        if isinstance(grads, Mapping) and self.kind != "tensor":
+            raw, ignored = self.gradients_by_name(grads)
+        elif self.kind == "tensor" and not isinstance(grads, (Mapping, list, tuple)):
+            raw, ignored = [grads], []
+        elif isinstance(grads, (list, tuple)):
+            raw, ignored = self.gradients_in_order(grads), []
+        else:
+            raise GradientError(
+                f"grads must be a dict keyed by parameter name ({', '.join(self.names[:3])}"
+                f"{', ...' if len(self.names) > 3 else ''}) or a list in parameter order, "
+                f"not {type(grads).__name__}"
+            )
+        matched = [validated_gradient(n, g, t) for n, g, t in zip(self.names, raw,
+                                                                   self.tensors)]
+        return matched, ignored
+
+    def gradients_by_name(self, grads: Mapping) -> tuple[list[Any], list[str]]:
+        keys = [gradient_key(name, grads) for name in self.names]
+        missing = [n for n, k in zip(self.names, keys) if k is None]
+        if missing:
+            raise GradientError(
+                f"no gradient for {', '.join(missing)}; gradient keys are: "
+                f"{', '.join(map(str, grads)) or '(none)'}"
+            )
+        unused = [str(k) for k in grads if k not in set(keys)]
+        orphans = [k for k in unused if k.lstrip("d") in self.all_parameter_names()
+                   or looks_like_parameter_gradient(k, self.names)]
+        if orphans:
+            raise GradientError(
+                f"gradient {', '.join(map(repr, orphans))} has no matching parameter being "
+                f"checked (frozen, or left out of params?); parameters are: "
+                f"{', '.join(self.names)}"
+            )
+        return [grads[k] for k in keys], unused
+
+    def all_parameter_names(self) -> set[str]:
+        if self.module is None:
+            return set()
+        return {name for name, _ in self.module.named_parameters()}
+
+    def gradients_in_order(self, grads: list | tuple) -> list[Any]:
+        if len(grads) != len(self.tensors):
+            raise GradientError(
+                f"{len(grads)} gradients for {len(self.tensors)} parameters "
+                f"({', '.join(self.names)}): give one per parameter, in the same order"
+            )
+        return list(grads)
+
+    def autograd_gradients(self, loss: Callable[..., Any],
+                           pass_argument: bool) -> list[torch.Tensor]:
+        """One backward pass of the loss; the ``.grad`` attributes are left as they were."""
+        self.bind_loss(loss, pass_argument)
+        untracked = [n for n, t in zip(self.names, self.tensors) if not t.requires_grad]
+        if untracked:
+            raise GradientError(
+                f"{', '.join(untracked)} {'does' if len(untracked) == 1 else 'do'} not "
+                f"require grad, so autograd cannot give the analytic gradient: call "
+                f".requires_grad_() on {'it' if len(untracked) == 1 else 'them'} before "
+                f"building the loss, or pass grads="
+            )
+        saved = [t.grad for t in self.tensors]
+        try:
+            for tensor in self.tensors:
+                tensor.grad = None
+            with torch.enable_grad():
+                value = first_of(loss(self.original) if pass_argument else loss())
+                return self.backward(value)
+        finally:
+            for tensor, grad in zip(self.tensors, saved):
+                tensor.grad = grad
+
+    def backward(self, value: Any) -> list[torch.Tensor]:
+        """Gradients of ``value``: from autograd, or the ``.grad`` a closure filled itself."""
+        if any(t.grad is not None for t in self.tensors):  # the closure called backward()
+            return [torch.zeros_like(t) if t.grad is None else t.grad.detach().clone()
+                    for t in self.tensors]
+        if not isinstance(value, torch.Tensor):
+            raise GradientError(
+                f"the loss returned a {type(value).__name__}, not a tensor, so autograd "
+                f"cannot differentiate it: return the loss tensor (not loss.item()), or "
+                f"pass grads="
+            )
+        if value.numel() != 1:
+            raise LossError(f"the loss returned a tensor of shape {tuple(value.shape)}; "
+                            f"a gradient check needs a scalar: reduce it (e.g. .mean())")
+        if not value.requires_grad:
+            raise GradientError(
+                "the loss tensor does not require grad (computed under torch.no_grad(), "
+                "detached, or from tensors without requires_grad?): autograd cannot give "
+                "the analytic gradient; pass grads= or build the loss from the parameters"
+            )
+        grads = torch.autograd.grad(value.reshape(()), self.tensors, allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g.detach()
+                for g, t in zip(grads, self.tensors)]
+
+    # -- vectorized evaluation -------------------------------------------------------------
+    def bind_loss(self, loss: Callable[..., Any], pass_argument: bool) -> None:
+        """Remember the loss, so that perturbations can be evaluated in batches."""
+        self.loss, self.pass_argument = loss, pass_argument
+
+    @property
+    def can_batch(self) -> bool:
+        """True while vectorized evaluation is possible and has not failed.
+
+        A loss that draws random numbers (dropout) fails under ``vmap(randomness="error")``
+        and is then evaluated by the loop, re-seeded like the engine's loop.
+        """
+        if not self.options.vectorize or self.loss is None:
+            return False
+        if self.module is None and not self.pass_argument:
+            return False  # a closure over loose tensors: nothing to substitute them in
+        return self.batch_fallback is None
+
+    def batched_losses(self, position: int, indices: np.ndarray,
+                       values: np.ndarray) -> np.ndarray:
+        """J with each listed element set to its value in turn; parameters unchanged."""
+        indices = np.asarray(indices, dtype=np.int64)
+        values = np.asarray(values)
+        if self.batch_fallback is None:
+            try:
+                losses = self.vmapped_losses(position, indices, values)
+                if position not in self.verified:
+                    self.verify_batched(position, indices, values, losses)
+                return losses
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as error:  # the model does not allow vmap: use the loop
+                self.batch_fallback = f"{type(error).__name__}: {error}"
+        return self.looped_losses(position, indices, values)
+
+    def vmapped_losses(self, position: int, indices: np.ndarray,
+                       values: np.ndarray) -> np.ndarray:
+        """``torch.func.vmap`` over perturbed copies, in chunks bounded by memory."""
+        tensor = self.tensors[position]
+        base = tensor.detach()
+        per_copy = max(1, base.numel() * base.element_size() * 2)
+        chunk = max(1, BATCH_MEMORY_BYTES // per_copy)
+        batched = torch.func.vmap(self.loss_with_element(position, base), randomness="error")
+        out = []
+        with torch.no_grad():
+            for start in range(0, indices.size, chunk):
+                index = torch.as_tensor(indices[start:start + chunk], device=base.device)
+                value = torch.as_tensor(values[start:start + chunk], dtype=base.dtype,
+                                        device=base.device)
+                out.append(batched(index, value).detach().to("cpu", torch.float64))
+        return torch.cat(out).numpy()
+
+    def loss_with_element(self, position: int,
+                          base: torch.Tensor) -> Callable[[Any, Any], torch.Tensor]:
+        """A function of (flat index, value) returning J with that one element changed."""
+        positions = torch.arange(base.numel(), device=base.device)
+        call = self.loss_with_tensor(position)
+
+        def loss_with(index: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            changed = torch.where(positions == index, value, base.reshape(-1))
+            result = first_of(call(changed.reshape(base.shape)))
+            if not isinstance(result, torch.Tensor) or result.numel() != 1:
+                raise LossError("the loss does not return a scalar tensor")
+            return result.reshape(())
+
+        return loss_with
+
+    def loss_with_tensor(self, position: int) -> Callable[[torch.Tensor], Any]:
+        """The loss with parameter ``position`` replaced by a given tensor (not in place)."""
+        loss, pass_argument = self.loss, self.pass_argument
+        if self.module is not None:
+            wrapper = LossModule(self.module, loss, pass_argument)
+            name = "model." + self.names[position]
+            return lambda t: torch.func.functional_call(wrapper, {name: t}, (), strict=False)
+        original = self.original
+
+        def call(t: torch.Tensor) -> Any:
+            return loss(replaced(original, self.kind, position, t))
+
+        return call
+
+    def verify_batched(self, position: int, indices: np.ndarray, values: np.ndarray,
+                       losses: np.ndarray) -> None:
+        """Compare a few batched values with the loop; raise when they disagree."""
+        picks = np.unique(np.linspace(0, indices.size - 1, min(VERIFY_ELEMENTS, indices.size))
+                          .astype(int))
+        looped = self.looped_losses(position, indices[picks], values[picks])
+        j0 = self.unperturbed_loss()
+        roundoff = VERIFY_ROUNDOFF * float(np.finfo(self.dtypes[position]).eps)
+        for batched_value, loop_value in zip(losses[picks], looped):
+            allowed = VERIFY_SHARE * abs(loop_value - j0) + roundoff * max(abs(j0), 1e-30)
+            if not abs(batched_value - loop_value) <= allowed:
+                raise RuntimeError(
+                    f"batched J = {batched_value!r} but looped J = {loop_value!r} for "
+                    f"{self.names[position]}: the loss does not see functional_call's tensors"
+                )
+        self.verified.add(position)
+
+    def unperturbed_loss(self) -> float:
+        if self.unperturbed is None:
+            self.unperturbed = self.call_loss()
+        return self.unperturbed
+
+    def call_loss(self) -> float:
+        value = first_of(self.loss(self.original) if self.pass_argument else self.loss())
+        return float(value.detach().reshape(()).cpu()) if isinstance(value, torch.Tensor) \
+            else float(value)
+
+    def looped_losses(self, position: int, indices: np.ndarray,
+                      values: np.ndarray) -> np.ndarray:
+        """The same values one evaluation at a time, restoring each element after use."""
+        set_element = self.element_setter(position)
+        originals = self.flat_values(position, indices).tolist()
+        out = np.empty(indices.size)
+        for j, (index, value) in enumerate(zip(indices.tolist(), values.tolist())):
+            set_element(index, value)
+            try:
+                if self.seed is not None:
+                    self.reseed(self.seed)
+                out[j] = self.call_loss()
+            finally:
+                set_element(index, originals[j])
+        return out
+
+
+class LossModule(nn.Module):
+    """The loss as a module holding the model, so ``functional_call`` can swap tensors."""
+
+    def __init__(self, model: nn.Module, loss: Callable[..., Any], pass_argument: bool) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "loss_function", loss)
+        self.pass_argument = pass_argument
+
+    def forward(self) -> Any:
+        return self.loss_function(self.model) if self.pass_argument else self.loss_function()
+
+
+def replaced(original: Any, kind: str, position: int, tensor: torch.Tensor) -> Any:
+    """A copy of the user's list/dict (or the tensor itself) with one tensor swapped."""
+    if kind == "tensor":
+        return tensor
+    if kind == "sequence":
+        items = list(original)
+        items[position] = tensor
+        return type(original)(items) if isinstance(original, tuple) else items
+    swapped = dict(original)
+    swapped[list(original)[position]] = tensor
+    return swapped
+
+
+def first_of(value: Any) -> Any:
+    """The loss from a return value that may be a ``(loss, ...)`` tuple."""
+    if type(value) is tuple:
+        if not value:
+            raise LossError("the loss returned an empty tuple; return the loss (first)")
+        return value[0]
+    return value
