@@ -117,7 +117,7 @@ def test_recheck_reruns_only_the_selected_tensor_with_new_step_and_method(inspec
     assert rechecked.names == ["W1"]
     assert (rechecked.method, rechecked.eps) == ("forward", 1e-4)
     assert rechecked.tensor("W1").verdict == "ok"  # O(ε) truncation error
-    assert "W1 re-checked (forward, ε=1e-4)" in inspector.status.value
+    assert "re-checked W1 (forward, ε=1e-4)" in inspector.status.value
     assert "correct → " in inspector.status.value
     assert "numbers from the re-check" in inspector.diagnosis.value
     assert "(forward, ε=1e-4)" in inspector.diagnosis.value

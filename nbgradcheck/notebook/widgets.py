@@ -33,6 +33,7 @@ SCALE_COLUMNS = {"log": "rel_error", "abs": "abs_error", "signed": "abs_error"}
 THRESHOLD_LABELS = {"rel_error": "highlight rel. error >", "abs_error": "highlight |a − n| >"}
 STEP_CHOICES = ("auto", 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
 WORST_ROWS = 10
+HIGHLIGHT = "background: #ffd8d8"  # rows of the worst-elements table above the threshold
 HEATMAP_DPI = 90
 
 
@@ -71,13 +72,15 @@ class Inspector(widgets.VBox):
         self.heatmap = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.table = widgets.HTML()
         self.diagnosis = widgets.HTML()
-        self.step = widgets.Dropdown(options=step_options(result.eps),
-                                     value=result.eps, description="ε",
-                                     layout=widgets.Layout(width="11em"))
+        compact = {"description_width": "initial"}
+        self.step = widgets.Dropdown(options=step_options(result.eps), value=result.eps,
+                                     description="ε", style=compact,
+                                     layout=widgets.Layout(width="8em"))
         self.method = widgets.Dropdown(options=METHODS, value=result.method,
-                                       description="method",
-                                       layout=widgets.Layout(width="14em"))
-        self.recheck_button = widgets.Button(icon="refresh", disabled=not result.rerun)
+                                       description="method", style=compact,
+                                       layout=widgets.Layout(width="13em"))
+        self.recheck_button = widgets.Button(icon="refresh", disabled=not result.rerun,
+                                             layout=widgets.Layout(width="auto"))
         self.status = widgets.HTML()
         self.output = widgets.Output()
         self.children = self.arrange()
@@ -90,9 +93,9 @@ class Inspector(widgets.VBox):
 
     def arrange(self) -> list[widgets.Widget]:
         header = widgets.HTML(header_html(self.result))
-        recheck_row = widgets.HBox([self.step, self.method, self.recheck_button])
         left = widgets.VBox([widgets.HTML("<b>Tensors</b> (worst first)"), self.selector,
-                             widgets.HTML("<b>Re-check the selected tensor</b>"), recheck_row,
+                             widgets.HTML("<b>Re-check the selected tensor</b>"),
+                             widgets.HBox([self.step, self.method]), self.recheck_button,
                              self.status, self.output],
                             layout=widgets.Layout(width="24em"))
         right = widgets.VBox([widgets.HBox([self.scale, self.threshold]), self.heatmap])
@@ -287,13 +290,17 @@ def worst_table_html(elements: pd.DataFrame, column: str, threshold: float,
         return caption
     shown = elements.head(WORST_ROWS).copy()
     shown["index"] = [f"{name}[{', '.join(map(str, i))}]" for i in shown["index"]]
+    if not shown["kink"].any():
+        shown = shown.drop(columns="kink")
     styler = shown.style.hide(axis="index").format(
-        {c: "{:.4e}" for c in ("analytic", "numeric", "abs_error", "rel_error")}
+        {c: "{:.3e}" for c in ("analytic", "numeric", "abs_error", "rel_error")}
     )
-    styler = styler.apply(lambda row: ["background: #ffd8d8" if row[column] > threshold
-                                       else ""] * len(row), axis=1)
-    styler = styler.set_table_styles([{"selector": "td, th",
-                                       "props": "padding: 1px 8px; font-size: 12px;"}])
+    styler = styler.apply(lambda row: [HIGHLIGHT if row[column] > threshold else ""]
+                          * len(row), axis=1)
+    styler = styler.set_table_styles([{
+        "selector": "td, th",
+        "props": "padding: 1px 8px; font-size: 12px; white-space: nowrap;",
+    }])
     return f"<div>{caption}{styler.to_html()}</div>"
 
 
@@ -334,8 +341,8 @@ def worst_element_lines(tensor: TensorCheck) -> list[str]:
 
 def recheck_html(name: str, result: GradCheckResult, before: TensorCheck,
                  after: TensorCheck) -> str:
-    return (f"{html.escape(name)} re-checked ({result.method}, ε={format_step(result.eps)}): "
-            f"{before.difference:.2e} {before.verdict} → {after.difference:.2e} "
+    return (f"re-checked {html.escape(name)} ({result.method}, ε={format_step(result.eps)}):"
+            f"<br>{before.difference:.2e} {before.verdict} → {after.difference:.2e} "
             f"{verdict_badge(after.verdict)}")
 
 
