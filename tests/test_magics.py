@@ -120,6 +120,20 @@ def test_attribute_expressions_and_braces_are_taken_verbatim(ip, net):
     assert result.failing == ["W2"] and result.names == ["W1", "b1", "W2", "b2", "W3", "b3"]
 
 
+def test_a_torch_module_needs_no_gradient_option(ip):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
+                                torch.nn.Linear(4, 1)).double()
+    ip.push({"model": model, "torch": torch, "xs": torch.randn(5, 3, dtype=torch.float64),
+             "ys": torch.randn(5, 1, dtype=torch.float64)})
+    before = [p.detach().clone() for p in model.parameters()]
+    result = ip.run_line_magic("gradcheck", "-q --wrt model "
+                                            "torch.nn.functional.mse_loss(model(xs), ys)")
+    assert result.passed and result.n_checked == 21  # autograd supplies the gradient
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_cell_magic_takes_several_statements_and_keeps_namespace_clean(ip, net):
     ip.push({"lambd": 0.7})
     cell = (

@@ -342,11 +342,12 @@ class GradCheckMagics(Magics):
     @magic_arguments()
     @kwds(formatter_class=argparse.RawDescriptionHelpFormatter, description=GRADCHECK_HELP)
     @argument("--wrt", metavar="NAME[,NAME...]", required=True,
-              help="the parameters: a dict or list of arrays or one array; several names "
-                   "make a dict {NAME: array}")
+              help="the parameters: a dict or list of arrays, one array, or a torch "
+                   "module; several names make a dict {NAME: array}")
     @argument("--grads", metavar="NAME|EXPR",
               help="the analytic gradient (same structure as --wrt, dict keys W1 or dW1), "
-                   "or a function returning it; quote an EXPR that contains spaces")
+                   "or a function returning it; quote an EXPR that contains spaces; leave "
+                   "it out for torch parameters to use autograd")
     @argument("--eps", type=eps_value, metavar="EPS|auto", help="step size (default 1e-6)")
     @argument("--method", choices=METHODS, default="central", help="finite differences")
     @argument("--mode", choices=MODES, help="check every element, or --sample N of each")
