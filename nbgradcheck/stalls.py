@@ -8,12 +8,16 @@ The rule, applied to a loss history that may be noisy:
    *relative* improvement (as in ``ReduceLROnPlateau(threshold_mode="rel")``); losses that
    can be negative are analysed on a linear scale, relative to their range.
 3. **Slope test.** For each point, a least-squares line is fitted to the ``window`` points
-   centred on it. The window is *flat* when the upper confidence bound (one-sided, level
-   ``confidence``) of the improvement across the window is below ``threshold``: noise
-   widens the bound, so noise alone never makes a falling curve look flat.
+   centred on it; its fall across the window is the *improvement*. The noise of one point
+   is estimated robustly (median absolute second difference), which gives the standard
+   deviation ``sd`` of the improvement. A window is *flat* when the improvement is below
+   ``threshold`` even at its upper confidence bound (``improvement + z·sd``, one-sided
+   level ``confidence``), or is not significantly above zero (``improvement < z·sd``, which
+   only matters when noise hides changes of size ``threshold``). By default the window is
+   1/40 of the run, widened (up to 1/8) until noise alone cannot reach half the threshold.
 4. **Spans.** A stall is the union of overlapping flat windows, at least ``min_length``
-   points long. It *recovered* when the smoothed loss then fell by ``recovery_drop``
-   within one window.
+   points long. It *recovered* when the smoothed loss then fell by ``recovery_drop`` within
+   as many points as the stall lasted (at least one window).
 5. **Converged or stalled.** A flat span after which the loss never falls again is where
    training ended. It is *converged* when the loss had reached ``floor`` (within
    ``converged_tol`` of the initial excess) or, with no floor given, had fallen by at
@@ -24,6 +28,7 @@ Non-finite losses (NaN, inf) are *divergence* and get their own rows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,14 +98,15 @@ class StallReport:
 
     def summary(self) -> str:
         """A few lines of plain text: the verdict and one line per stall."""
-        lines = [f"verdict: {self._verdict_text()}"]
+        lines = [f"verdict: {self.verdict_text()}"]
         for number, row in enumerate(self.table.itertuples(index=False), start=1):
             lines.append(f"  {number}. {_describe_row(row, self.unit_name)}")
         if self.table.empty:
             lines.append("  no stalls")
         return "\n".join(lines)
 
-    def _verdict_text(self) -> str:
+    def verdict_text(self) -> str:
+        """The verdict, with the epoch or step from which the run converged."""
         if self.verdict == "converged":
             return f"converged from {self.unit_name} {_label(self.converged_from)}"
         return self.verdict
@@ -112,8 +118,13 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def plural(count: int, word: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _describe_row(row: Any, unit_name: str) -> str:
-    span = f"{unit_name}s {_label(row.start)}–{_label(row.end)} ({row.length} {unit_name}s)"
+    span = f"{unit_name}s {_label(row.start)}–{_label(row.end)} ({plural(row.length, unit_name)})"
     if row.likely_cause == "divergence" and not np.isfinite(row.loss_end):
         return f"{span}: loss is {row.loss_end} (divergence)"
     recovery = f"recovered at {_label(row.recovered_at)}" if row.recovered else "no recovery"
@@ -138,28 +149,34 @@ def as_loss_array(values: Any, name: str = "losses") -> np.ndarray:
         values = values.detach().cpu()
     if isinstance(values, (str, bytes)):
         raise ValueError(f"{name} must be numeric, got a string")
-    array = np.asarray(values)
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a flat sequence of numbers") from None
     if array.ndim != 1:
         raise ValueError(
             f"{name} must be 1-D (one value per step); got an array of shape {array.shape}"
         )
     if array.size == 0:
         raise ValueError(f"{name} is empty")
-    if array.dtype.kind in "bmMUSV" or array.dtype.kind == "c":
+    if array.dtype.kind in "OUS":
+        elements = values if isinstance(values, (list, tuple)) else array.tolist()
+        for value in elements:
+            if not _is_real(value):
+                raise ValueError(f"{name} must be real numbers; found {value!r}")
+    elif array.dtype.kind not in "iuf":
         raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
-    try:
-        return array.astype(np.float64)
-    except (TypeError, ValueError):
-        bad = next(v for v in array if not _is_real(v))
-        raise ValueError(f"{name} must be real numbers; found {bad!r}") from None
+    return array.astype(np.float64, copy=False)
 
 
 def _is_real(value: Any) -> bool:
+    if isinstance(value, (str, bytes, bool, complex, np.bool_)):
+        return False
     try:
         float(value)
     except (TypeError, ValueError):
         return False
-    return not isinstance(value, (str, bytes, complex))
+    return True
 
 
 def _aligned(values: Any, name: str, length: int) -> np.ndarray | None:
@@ -184,31 +201,44 @@ class _Units:
     first: np.ndarray  # index of the first original unit (epoch or step) in each point
     last: np.ndarray
     loss: np.ndarray
-    grad: np.ndarray
-    update: np.ndarray
+    grad: np.ndarray | None
+    update: np.ndarray | None
+
+    def filled(self) -> _Units:
+        """The same with NaN arrays for gradient norms and update ratios never given."""
+        nan = np.full(self.loss.size, np.nan)
+        return dataclasses.replace(
+            self,
+            grad=nan if self.grad is None else self.grad,
+            update=nan if self.update is None else self.update,
+        )
 
 
-def _group_starts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sort order, group start offsets and group labels for ``keys``."""
-    if keys.size < 2 or np.all(keys[1:] >= keys[:-1]):
-        order = np.arange(keys.size)
-        sorted_keys = keys
-    else:
+def _group_starts(keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Sort order (None when already sorted), group start offsets and group labels."""
+    order = None
+    sorted_keys = keys
+    if keys.size > 1 and not np.all(keys[1:] >= keys[:-1]):
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     return order, starts, sorted_keys[starts]
 
 
-def _group_means(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    ordered = values[order]
+def _group_means(values: np.ndarray, order: np.ndarray | None, starts: np.ndarray) -> np.ndarray:
+    ordered = values if order is None else values[order]
     counts = np.diff(np.r_[starts, ordered.size])
     with np.errstate(invalid="ignore"):
         return np.add.reduceat(ordered, starts) / counts
 
 
-def _nan_group_means(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    ordered = values[order]
+def _nan_group_means(
+    values: np.ndarray | None, order: np.ndarray | None, starts: np.ndarray
+) -> np.ndarray | None:
+    """Means of the finite values of each group (NaN where none); None for no values."""
+    if values is None:
+        return None
+    ordered = values if order is None else values[order]
     finite = np.isfinite(ordered)
     sums = np.add.reduceat(np.where(finite, ordered, 0.0), starts)
     counts = np.add.reduceat(finite.astype(np.int64), starts)
@@ -219,17 +249,17 @@ def _nan_group_means(values: np.ndarray, order: np.ndarray, starts: np.ndarray) 
 def _aggregate(
     losses: np.ndarray,
     labels: np.ndarray,
-    grads: np.ndarray,
-    updates: np.ndarray,
+    grads: np.ndarray | None,
+    updates: np.ndarray | None,
     group: bool,
 ) -> _Units:
     if group:
         order, starts, unit_labels = _group_starts(labels)
         loss = _group_means(losses, order, starts)
-        grad = _nan_group_means(grads, order, starts)
-        update = _nan_group_means(updates, order, starts)
     else:
-        unit_labels, loss, grad, update = labels, losses, grads, updates
+        order, starts, unit_labels, loss = None, np.arange(losses.size), labels, losses
+    grad = _nan_group_means(grads, order, starts) if group else grads
+    update = _nan_group_means(updates, order, starts) if group else updates
     index = np.arange(unit_labels.size)
     return _Units(unit_labels, unit_labels, unit_labels, index, index, loss, grad, update)
 
@@ -241,16 +271,15 @@ def _bin(units: _Units, max_points: int) -> _Units:
     size = math.ceil(n / max_points)
     starts = np.arange(0, n, size)
     ends = np.r_[starts[1:], n] - 1
-    order = np.arange(n)
     return _Units(
-        x=_group_means(units.x.astype(np.float64), order, starts),
+        x=_group_means(units.x.astype(np.float64), None, starts),
         x_first=units.x_first[starts],
         x_last=units.x_last[ends],
         first=units.first[starts],
         last=units.last[ends],
-        loss=_group_means(units.loss, order, starts),
-        grad=_nan_group_means(units.grad, order, starts),
-        update=_nan_group_means(units.update, order, starts),
+        loss=_group_means(units.loss, None, starts),
+        grad=_nan_group_means(units.grad, None, starts),
+        update=_nan_group_means(units.update, None, starts),
     )
 
 
@@ -296,18 +325,22 @@ class _Transform:
         return -math.log1p(-fraction) if self.scale == "log" else fraction
 
 
-def _t_quantile(confidence: float, dof: int) -> float:
-    """One-sided Student-t quantile (Cornish–Fisher expansion around the normal one)."""
-    if confidence <= 0.5:
+def _noise_level(z: np.ndarray) -> float:
+    """Robust scatter of single points around the trend: the median absolute deviation of
+    the second differences (insensitive to trends, drops and spikes), scaled to a standard
+    deviation."""
+    if z.size < 3:
         return 0.0
-    z = NormalDist().inv_cdf(confidence)
-    v = float(dof)
-    return (
-        z
-        + (z**3 + z) / (4 * v)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
-    )
+    second = z[2:] - 2 * z[1:-1] + z[:-2]
+    mad = np.median(np.abs(second - np.median(second)))
+    return float(1.4826 * mad / math.sqrt(6.0))
+
+
+def _improvement_sd(noise: float, window: int) -> float:
+    """Standard deviation of the least-squares improvement across a window from noise."""
+    half = window // 2
+    sum_xx = half * (half + 1) * (2 * half + 1) / 3.0
+    return 2 * half * noise / math.sqrt(sum_xx)
 
 
 @dataclass(frozen=True)
@@ -316,35 +349,32 @@ class _WindowFits:
 
     centers: np.ndarray
     slope: np.ndarray
-    stderr: np.ndarray
     mean: np.ndarray
     half: int
 
-    def value_at(self, k: np.ndarray, offset: int) -> np.ndarray:
+    def value_at(self, k: int, offset: int) -> float:
         """Fitted value of window ``k`` at ``offset`` points from its centre."""
-        return self.mean[k] + self.slope[k] * offset
+        return float(self.mean[k] + self.slope[k] * offset)
+
+    @property
+    def improvement(self) -> np.ndarray:
+        """Fall of the fitted line across each window (positive when the loss falls)."""
+        return -self.slope * (2 * self.half)
 
 
 def _fit_windows(z: np.ndarray, half: int) -> _WindowFits:
-    """Centred moving least-squares slope, its standard error and mean, via cumulative sums."""
-    n = z.size
-    width = 2 * half + 1
+    """Centred moving least-squares slope and mean, via cumulative sums."""
     level = float(np.mean(z))
     zc = z - level
-    positions = np.arange(n, dtype=np.float64)
+    positions = np.arange(z.size, dtype=np.float64)
     s0 = np.r_[0.0, np.cumsum(zc)]
     s1 = np.r_[0.0, np.cumsum(positions * zc)]
-    s2 = np.r_[0.0, np.cumsum(zc * zc)]
-    centers = np.arange(half, n - half)
+    centers = np.arange(half, z.size - half)
     lo, hi = centers - half, centers + half + 1
     sum_y = s0[hi] - s0[lo]
     sum_xy = (s1[hi] - s1[lo]) - centers * sum_y
-    sum_yy = s2[hi] - s2[lo]
     sum_xx = half * (half + 1) * (2 * half + 1) / 3.0
-    slope = sum_xy / sum_xx
-    residual = np.maximum(sum_yy - sum_y * sum_y / width - sum_xy * slope, 0.0)
-    stderr = np.sqrt(residual / (width - 2) / sum_xx)
-    return _WindowFits(centers, slope, stderr, sum_y / width + level, half)
+    return _WindowFits(centers, sum_xy / sum_xx, sum_y / (2 * half + 1) + level, half)
 
 
 def _moving_average(z: np.ndarray, half: int) -> np.ndarray:
@@ -400,29 +430,39 @@ class _Settings:
     rising: float
 
 
-def _resolve_window(window: int | None, n: int) -> int:
+def _resolve_window(
+    window: int | None, n: int, noise: float, resolvable: float, z_score: float
+) -> int:
+    """The requested window, or by default the smallest one that is at least 1/40 of the
+    run and resolves ``resolvable`` against ``noise`` (bound at 1/8 of the run)."""
     if window is None:
-        window = max(_MIN_WINDOW, round(n / 40))
+        sd_per_point = 2 * z_score * noise / resolvable if resolvable > 0 else 0.0
+        needed = 12 * sd_per_point**2
+        window = max(_MIN_WINDOW, round(n / 40), min(math.ceil(needed), n // 8))
     if window < 3:
         raise ValueError(f"window must be at least 3 points, got {window}")
     window = min(int(window), n if n % 2 else n - 1)
     return window if window % 2 else window - 1
 
 
-def _flat_spans(z: np.ndarray, s: _Settings, transform: _Transform) -> tuple[list, _WindowFits]:
+def _flat_spans(
+    z: np.ndarray, s: _Settings, transform: _Transform, noise: float
+) -> tuple[list[_Span], _WindowFits]:
+    """Spans covered by flat windows: windows whose improvement is confidently below the
+    threshold, or not significantly above zero (when noise hides smaller changes)."""
     half = s.window // 2
     fits = _fit_windows(z, half)
-    t = _t_quantile(s.confidence, s.window - 2)
-    improvement_bound = (-fits.slope + t * fits.stderr) * (2 * half)
-    flat = improvement_bound < transform.drop(s.threshold)
-    flat_idx = np.flatnonzero(flat)
+    margin = NormalDist().inv_cdf(s.confidence) * _improvement_sd(noise, s.window)
+    limit = max(transform.drop(s.threshold) - margin, margin)
+    flat_idx = np.flatnonzero(fits.improvement < limit)
     covered = _covered(fits.centers[flat_idx], z.size, half)
     spans = []
     for start, end in zip(*_runs(covered), strict=True):
         if end - start + 1 < s.min_length:
             continue
-        inside = flat_idx[(fits.centers[flat_idx] - half >= start)]
-        inside = inside[fits.centers[inside] + half <= end]
+        left = fits.centers[flat_idx] - half
+        right = fits.centers[flat_idx] + half
+        inside = flat_idx[(left >= start) & (right <= end)]
         spans.append(_Span(int(start), int(end), int(inside[0]), int(inside[-1])))
     return spans, fits
 
@@ -430,20 +470,28 @@ def _flat_spans(z: np.ndarray, s: _Settings, transform: _Transform) -> tuple[lis
 def _recovery(
     smoothed: np.ndarray, span: _Span, level_end: float, s: _Settings, transform: _Transform
 ) -> tuple[int | None, bool]:
-    """Index where the loss first fell ``recovery_drop`` below its stalled level, if it did
-    within one window; and whether it ever did before the end of the run."""
+    """Where the smoothed loss first fell ``recovery_drop`` below its stalled level, if that
+    took no longer than the stall itself (or one window); and whether it ever happened."""
     target = level_end - transform.drop(s.recovery_drop)
-    after = smoothed[span.end + 1 :]
-    below = np.flatnonzero(after <= target)
+    below = np.flatnonzero(smoothed[span.end + 1 :] <= target)
     if below.size == 0:
         return None, False
     first = int(below[0])
-    return (span.end + 1 + first if first < s.window else None), True
+    horizon = max(s.window, span.end - span.start + 1)
+    return (span.end + 1 + first if first < horizon else None), True
 
 
 def _likely_cause(
-    rel_improvement: float, grad: float, update: float, grad_reference: float, s: _Settings
+    rel_improvement: float,
+    recovered: bool,
+    grad: float,
+    update: float,
+    grad_reference: float,
+    s: _Settings,
 ) -> str:
+    """First matching rule: rising loss; tiny gradients; tiny updates; a sudden recovery or
+    gradients well below their typical size (saddle); a healthy gradient that still makes
+    only slow progress (learning rate too small)."""
     if rel_improvement < -s.rising:
         return "divergence"
     if np.isnan(grad):
@@ -452,9 +500,9 @@ def _likely_cause(
         return "vanishing gradients"
     if update < s.small_update:
         return "learning rate too small"
-    if grad < s.saddle_ratio * grad_reference:
+    if recovered or grad < s.saddle_ratio * grad_reference:
         return "saddle/plateau"
-    if np.isnan(update) and rel_improvement > 0:
+    if rel_improvement > 0:
         return "learning rate too small"
     return "unknown"
 
@@ -464,13 +512,17 @@ def _nan_median(values: np.ndarray) -> float:
     return float(np.median(finite)) if finite.size else math.nan
 
 
-def _grad_reference(grad: np.ndarray, spans: list[_Span]) -> float:
-    """Typical gradient norm outside the stalls (90th percentile)."""
+def _grad_reference(grad: np.ndarray, spans: list[_Span], window: int) -> float:
+    """Typical gradient norm outside the stalls (90th percentile); when the whole run is
+    stalled, the largest norm of its first window (the gradient it started with)."""
     outside = np.ones(grad.size, dtype=bool)
     for span in spans:
         outside[span.start : span.end + 1] = False
     values = grad[outside & np.isfinite(grad)]
-    return float(np.percentile(values, 90)) if values.size else math.nan
+    if values.size == 0:
+        values = grad[:window][np.isfinite(grad[:window])]
+        return float(values.max()) if values.size else math.nan
+    return float(np.percentile(values, 90))
 
 
 @dataclass
@@ -488,11 +540,11 @@ class _Analysis:
 def _stall_rows(a: _Analysis, spans: list[_Span], fits: _WindowFits) -> tuple[list, list]:
     s, u, keep, tr = a.settings, a.units, a.keep, a.transform
     grad, update = u.grad[keep], u.update[keep]
-    reference = _grad_reference(grad, spans)
+    reference = _grad_reference(grad, spans, s.window)
     rows, ever_recovers = [], []
     for span in spans:
-        z_start = float(fits.value_at(np.array([span.first_window]), -fits.half)[0])
-        z_end = float(fits.value_at(np.array([span.last_window]), fits.half)[0])
+        z_start = fits.value_at(span.first_window, -fits.half)
+        z_end = fits.value_at(span.last_window, fits.half)
         loss_start, loss_end = (float(v) for v in tr.inverse(np.array([z_start, z_end])))
         recovered_at, recovers = _recovery(a.smoothed, span, z_end, s, tr)
         rel = _relative_change(loss_start, loss_end)
@@ -513,7 +565,7 @@ def _stall_rows(a: _Analysis, spans: list[_Span], fits: _WindowFits) -> tuple[li
                 ),
                 "grad_norm": g,
                 "update_ratio": r,
-                "likely_cause": _likely_cause(rel, g, r, reference, s),
+                "likely_cause": _likely_cause(rel, recovered_at is not None, g, r, reference, s),
             }
         )
         ever_recovers.append(recovers)
@@ -600,8 +652,8 @@ def analyze_stalls(
     grad_norms: Any = None,
     update_ratios: Any = None,
     window: int | None = None,
-    threshold: float = 0.01,
-    confidence: float = 0.9,
+    threshold: float = 0.02,
+    confidence: float = 0.8,
     min_length: int | None = None,
     recovery_drop: float = 0.1,
     floor: float | None = None,
@@ -631,19 +683,11 @@ def analyze_stalls(
     updates = _aligned(update_ratios, "update_ratios", n)
     _check_fraction("threshold", threshold)
     _check_fraction("recovery_drop", recovery_drop)
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
     if max_points < 100:
         raise ValueError(f"max_points must be at least 100, got {max_points}")
-    nan = np.full(n, np.nan)
-    units = _bin(
-        _aggregate(
-            loss,
-            labels,
-            nan if grads is None else grads,
-            nan if updates is None else updates,
-            group,
-        ),
-        max_points,
-    )
+    units = _bin(_aggregate(loss, labels, grads, updates, group), max_points).filled()
     keep = np.flatnonzero(np.isfinite(units.loss))
     unit_name = "epoch" if group else "step"
     divergence = _divergence_rows(units)
@@ -670,21 +714,23 @@ def analyze_stalls(
             window=0,
             settings={**settings_args, "scale": scale},
         )
-    chosen_window = _resolve_window(window, keep.size)
+    transform = _Transform.fit(units.loss[keep], _choose_scale(units.loss[keep], scale))
+    z = transform.forward(units.loss[keep])
+    noise = _noise_level(z)
+    z_score = NormalDist().inv_cdf(confidence)
+    chosen_window = _resolve_window(
+        window, keep.size, noise, transform.drop(threshold) / 2, z_score
+    )
     settings = _Settings(
         window=chosen_window,
         min_length=chosen_window if min_length is None else int(min_length),
         **settings_args,
     )
-    transform = _Transform.fit(units.loss[keep], _choose_scale(units.loss[keep], scale))
-    z = transform.forward(units.loss[keep])
     smoothed = _moving_average(z, max(1, chosen_window // 4))
     analysis = _Analysis(units, keep, z, smoothed, transform, settings)
-    spans, fits = _flat_spans(z, settings, transform)
+    spans, fits = _flat_spans(z, settings, transform, noise)
     rows, ever_recovers = _stall_rows(analysis, spans, fits)
-    verdict, converged_from, converged_span, rows = _verdict(
-        analysis, spans, rows, ever_recovers
-    )
+    verdict, converged_from, converged_span, rows = _verdict(analysis, spans, rows, ever_recovers)
     flat_full = np.zeros(units.loss.size, dtype=bool)
     for span in spans:
         flat_full[keep[span.start : span.end + 1]] = True
@@ -698,7 +744,12 @@ def analyze_stalls(
         window=chosen_window,
         converged_from=converged_from,
         converged_span=converged_span,
-        settings={**settings_args, "scale": transform.scale, "window": chosen_window},
+        settings={
+            **settings_args,
+            "scale": transform.scale,
+            "window": chosen_window,
+            "noise": noise,
+        },
     )
 
 
@@ -710,17 +761,18 @@ def _check_fraction(name: str, value: float) -> None:
 def _verdict(
     a: _Analysis, spans: list[_Span], rows: list[dict], ever_recovers: list[bool]
 ) -> tuple[str, Any, tuple[Any, Any] | None, list[dict]]:
+    """Verdict on how the run ended, converged span and the rows that remain stalls."""
     terminal = _terminal_count(ever_recovers)
     if terminal == 0:
         return "improving", None, None, rows
     first_terminal = len(rows) - terminal
-    level = float(
-        np.min(a.transform.inverse(a.smoothed[spans[first_terminal].start :]))
-    )
+    if any(row["likely_cause"] == "divergence" for row in rows[first_terminal:]):
+        return "diverged", None, None, rows
+    level = float(np.min(a.transform.inverse(a.smoothed[spans[first_terminal].start :])))
     if not _is_converged(a, level):
         return "stalled", None, None, rows
     start = rows[first_terminal]["start"]
-    end = rows[-1]["end"]
+    end = a.units.x_last[a.keep[-1]]  # converged until the end of the run
     return "converged", start, (start, end), rows[:first_terminal]
 
 
@@ -732,8 +784,8 @@ def find_stalls(
     grad_norms: Any = None,
     update_ratios: Any = None,
     window: int | None = None,
-    threshold: float = 0.01,
-    confidence: float = 0.9,
+    threshold: float = 0.02,
+    confidence: float = 0.8,
     min_length: int | None = None,
     recovery_drop: float = 0.1,
     floor: float | None = None,
