@@ -233,10 +233,7 @@ class LossHistory:
     @property
     def stalls(self) -> pd.DataFrame:
         """:func:`~nbgradcheck.stalls.find_stalls` on the recorded run."""
-        report = self.report
-        table = report.table.copy()
-        table.attrs.update(verdict=report.verdict, converged_from=report.converged_from)
-        return table
+        return self.report.to_table()
 
     @property
     def verdict(self) -> str:

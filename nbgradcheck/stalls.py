@@ -96,6 +96,18 @@ class StallReport:
         """Rows of real stalls (divergence rows left out)."""
         return self.table[self.table["likely_cause"] != "divergence"]
 
+    def to_table(self) -> pd.DataFrame:
+        """A copy of ``table`` whose ``attrs`` hold ``verdict``, ``converged_from``,
+        ``window`` and ``unit`` (what :func:`find_stalls` returns)."""
+        table = self.table.copy()
+        table.attrs.update(
+            verdict=self.verdict,
+            converged_from=self.converged_from,
+            window=self.window,
+            unit=self.unit_name,
+        )
+        return table
+
     def summary(self) -> str:
         """A few lines of plain text: the verdict and one line per stall."""
         lines = [f"verdict: {self.verdict_text()}"]
@@ -671,27 +683,9 @@ def analyze_stalls(
     Parameters are those of :func:`find_stalls`; this returns the full :class:`StallReport`
     (stall table, verdict and the per-point smoothed series used by the plots).
     """
-    loss = as_loss_array(losses, "losses")
-    n = loss.size
-    group = epochs is not None
-    labels = _aligned(epochs if group else steps, "epochs" if group else "steps", n)
-    if labels is None:
-        labels = np.arange(n, dtype=np.float64)
-    if not np.all(np.isfinite(labels)):
-        raise ValueError(f"{'epochs' if group else 'steps'} must be finite numbers")
-    grads = _aligned(grad_norms, "grad_norms", n)
-    updates = _aligned(update_ratios, "update_ratios", n)
-    _check_fraction("threshold", threshold)
-    _check_fraction("recovery_drop", recovery_drop)
-    if not 0.5 <= confidence < 1:
-        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-    if max_points < 100:
-        raise ValueError(f"max_points must be at least 100, got {max_points}")
-    units = _bin(_aggregate(loss, labels, grads, updates, group), max_points).filled()
-    keep = np.flatnonzero(np.isfinite(units.loss))
-    unit_name = "epoch" if group else "step"
-    divergence = _divergence_rows(units)
-    settings_args = dict(
+    _check_options(threshold, recovery_drop, confidence, max_points)
+    units, unit_name = _prepared_units(losses, epochs, steps, grad_norms, update_ratios, max_points)
+    options = dict(
         threshold=threshold,
         confidence=confidence,
         recovery_drop=recovery_drop,
@@ -703,53 +697,97 @@ def analyze_stalls(
         small_update=small_update,
         rising=rising,
     )
+    keep = np.flatnonzero(np.isfinite(units.loss))
     if keep.size < _MIN_WINDOW:
-        verdict = "diverged" if not np.isfinite(units.loss[-1]) else "too short"
-        smoothed = np.where(np.isfinite(units.loss), units.loss, np.nan)
-        return StallReport(
-            table=_table(divergence),
-            verdict=verdict,
-            units=_units_frame(units, smoothed, np.zeros(units.loss.size, dtype=bool)),
-            unit_name=unit_name,
-            window=0,
-            settings={**settings_args, "scale": scale},
-        )
+        return _short_run_report(units, unit_name, {**options, "scale": scale})
     transform = _Transform.fit(units.loss[keep], _choose_scale(units.loss[keep], scale))
     z = transform.forward(units.loss[keep])
     noise = _noise_level(z)
-    z_score = NormalDist().inv_cdf(confidence)
     chosen_window = _resolve_window(
-        window, keep.size, noise, transform.drop(threshold) / 2, z_score
+        window,
+        keep.size,
+        noise,
+        transform.drop(threshold) / 2,
+        NormalDist().inv_cdf(confidence),
     )
     settings = _Settings(
         window=chosen_window,
         min_length=chosen_window if min_length is None else int(min_length),
-        **settings_args,
+        **options,
     )
     smoothed = _moving_average(z, max(1, chosen_window // 4))
     analysis = _Analysis(units, keep, z, smoothed, transform, settings)
-    spans, fits = _flat_spans(z, settings, transform, noise)
-    rows, ever_recovers = _stall_rows(analysis, spans, fits)
-    verdict, converged_from, converged_span, rows = _verdict(analysis, spans, rows, ever_recovers)
-    flat_full = np.zeros(units.loss.size, dtype=bool)
-    for span in spans:
-        flat_full[keep[span.start : span.end + 1]] = True
-    smoothed_full = np.full(units.loss.size, np.nan)
-    smoothed_full[keep] = transform.inverse(smoothed)
+    report_settings = {**options, "scale": transform.scale, "window": chosen_window}
+    return _run_report(analysis, unit_name, noise, {**report_settings, "noise": noise})
+
+
+def _check_options(
+    threshold: float, recovery_drop: float, confidence: float, max_points: int
+) -> None:
+    _check_fraction("threshold", threshold)
+    _check_fraction("recovery_drop", recovery_drop)
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+    if max_points < 100:
+        raise ValueError(f"max_points must be at least 100, got {max_points}")
+
+
+def _prepared_units(
+    losses: Any, epochs: Any, steps: Any, grad_norms: Any, update_ratios: Any, max_points: int
+) -> tuple[_Units, str]:
+    """Validated inputs, aggregated per epoch and binned; and the name of their unit."""
+    loss = as_loss_array(losses, "losses")
+    group = epochs is not None
+    label_name = "epochs" if group else "steps"
+    labels = _aligned(epochs if group else steps, label_name, loss.size)
+    if labels is None:
+        labels = np.arange(loss.size, dtype=np.float64)
+    if not np.all(np.isfinite(labels)):
+        raise ValueError(f"{label_name} must be finite numbers")
+    grads = _aligned(grad_norms, "grad_norms", loss.size)
+    updates = _aligned(update_ratios, "update_ratios", loss.size)
+    units = _bin(_aggregate(loss, labels, grads, updates, group), max_points).filled()
+    return units, "epoch" if group else "step"
+
+
+def _short_run_report(units: _Units, unit_name: str, settings: dict[str, Any]) -> StallReport:
+    """Too few finite points for a slope test: only divergence is reported."""
+    diverged = not np.isfinite(units.loss[-1])
     return StallReport(
-        table=_table(rows + divergence),
-        verdict="diverged" if not np.isfinite(units.loss[-1]) else verdict,
-        units=_units_frame(units, smoothed_full, flat_full),
+        table=_table(_divergence_rows(units)),
+        verdict="diverged" if diverged else "too short",
+        units=_units_frame(
+            units,
+            np.where(np.isfinite(units.loss), units.loss, np.nan),
+            np.zeros(units.loss.size, dtype=bool),
+        ),
         unit_name=unit_name,
-        window=chosen_window,
+        window=0,
+        settings=settings,
+    )
+
+
+def _run_report(
+    a: _Analysis, unit_name: str, noise: float, settings: dict[str, Any]
+) -> StallReport:
+    spans, fits = _flat_spans(a.z, a.settings, a.transform, noise)
+    rows, ever_recovers = _stall_rows(a, spans, fits)
+    verdict, converged_from, converged_span, rows = _verdict(a, spans, rows, ever_recovers)
+    units, keep = a.units, a.keep
+    flat = np.zeros(units.loss.size, dtype=bool)
+    for span in spans:
+        flat[keep[span.start : span.end + 1]] = True
+    smoothed = np.full(units.loss.size, np.nan)
+    smoothed[keep] = a.transform.inverse(a.smoothed)
+    return StallReport(
+        table=_table(rows + _divergence_rows(units)),
+        verdict="diverged" if not np.isfinite(units.loss[-1]) else verdict,
+        units=_units_frame(units, smoothed, flat),
+        unit_name=unit_name,
+        window=a.settings.window,
         converged_from=converged_from,
         converged_span=converged_span,
-        settings={
-            **settings_args,
-            "scale": transform.scale,
-            "window": chosen_window,
-            "noise": noise,
-        },
+        settings=settings,
     )
 
 
@@ -839,7 +877,7 @@ def find_stalls(
         ValueError: empty, non-numeric or non-1-D input, or misaligned ``epochs``/``steps``/
             ``grad_norms``/``update_ratios``.
     """
-    report = analyze_stalls(
+    return analyze_stalls(
         losses,
         epochs=epochs,
         steps=steps,
@@ -859,12 +897,4 @@ def find_stalls(
         saddle_ratio=saddle_ratio,
         small_update=small_update,
         rising=rising,
-    )
-    table = report.table.copy()
-    table.attrs.update(
-        verdict=report.verdict,
-        converged_from=report.converged_from,
-        window=report.window,
-        unit=report.unit_name,
-    )
-    return table
+    ).to_table()
