@@ -293,6 +293,7 @@ def spy_on_batches(monkeypatch):
 
     calls = []
     original = adapter.TorchParameterSet.vmapped_losses
+    monkeypatch.setattr(adapter, "MIN_BATCH", 1)  # batch whatever chunk the engine sends
 
     def counting(self, *args):
         calls.append(args[0])
@@ -315,17 +316,45 @@ def test_vectorized_equals_looped(monkeypatch):
         assert np.array_equal(batched.analytic[name], looped.analytic[name])
 
 
-def test_vectorized_bug_found_like_the_loop():
-    model, closure = make_mlp(sizes=(6, 10, 3))
-    grads = [g.clone() for g in torch.autograd.grad(closure(), list(model.parameters()))]
-    grads[0][3, 1] += 0.05
-    batched = check(closure, model, grads)
-    looped = check(closure, TorchParameters(model, vectorize=False), grads)
+class MarkedIdentity(torch.autograd.Function):
+    """Identity on a weight whose backward scales one element: a vmap-able custom Function."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(weight):
+        return weight.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        grad[3, 1] *= 1.5
+        return grad
+
+
+def test_vectorized_bug_found_like_the_loop(monkeypatch):
+    calls = spy_on_batches(monkeypatch)
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 10).double()
+    x = torch.randn(8, 6, dtype=DOUBLE)
+
+    def closure():
+        return torch.tanh(nn.functional.linear(x, MarkedIdentity.apply(layer.weight),
+                                               layer.bias)).pow(2).sum()
+
+    batched = check(closure, layer)
+    assert calls
+    looped = check(closure, TorchParameters(layer, vectorize=False))
     for result in (batched, looped):
-        tensor = result.tensor("0.weight")
-        assert result.failing == ["0.weight"]
+        tensor = result.tensor("weight")
+        assert result.failing == ["weight"]
         assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
             == [(3, 1)]
+    assert np.allclose(batched.numeric["weight"], looped.numeric["weight"], rtol=1e-7)
 
 
 def test_batched_losses_directly_match_the_loop():
@@ -333,8 +362,8 @@ def test_batched_losses_directly_match_the_loop():
     parameters = torch_parameter_set(model)
     parameters.bind_loss(closure, False)
     assert parameters.can_batch
-    indices = np.array([0, 5, 11, 34])
-    values = parameters.flat_values(0, indices) + np.array([1e-3, -2e-3, 0.5, 0.0])
+    indices = np.arange(35)  # all of 0.weight: enough for a batched call
+    values = parameters.flat_values(0, indices) + np.linspace(-0.5, 0.5, 35)
     before = state_bits(model)
     batched = parameters.batched_losses(0, indices, values)
     looped = parameters.looped_losses(0, indices, values)
@@ -347,7 +376,7 @@ def test_models_vmap_cannot_run_fall_back_to_the_loop():
     class Branchy(nn.Module):  # data-dependent control flow
         def __init__(self):
             super().__init__()
-            self.fc = nn.Linear(4, 2)
+            self.fc = nn.Linear(8, 6)
 
         def forward(self, x):
             out = self.fc(x)
@@ -355,12 +384,13 @@ def test_models_vmap_cannot_run_fall_back_to_the_loop():
 
     torch.manual_seed(0)
     model = Branchy().double()
-    x = torch.randn(3, 4, dtype=DOUBLE)
+    x = torch.randn(3, 8, dtype=DOUBLE)
     parameters = torch_parameter_set(TorchParameters(model))
     parameters.bind_loss(lambda: model(x).pow(2).sum(), False)
-    values = parameters.flat_values(0, np.arange(8)) + 1e-3
-    looped = parameters.looped_losses(0, np.arange(8), values)
-    assert np.array_equal(parameters.batched_losses(0, np.arange(8), values), looped)
+    indices = np.arange(48)
+    values = parameters.flat_values(0, indices) + 1e-3
+    looped = parameters.looped_losses(0, indices, values)
+    assert np.array_equal(parameters.batched_losses(0, indices, values), looped)
     assert parameters.batch_fallback is not None and not parameters.can_batch
     assert check(lambda: model(x).pow(2).sum(), model).passed
 
@@ -369,7 +399,8 @@ def test_custom_function_without_vmap_rule_is_checked_by_the_loop():
     net, closure = make_net(bug="element", batchnorm=False)
     parameters = torch_parameter_set(TorchParameters(net))
     parameters.bind_loss(closure, False)
-    parameters.batched_losses(0, np.arange(3), parameters.flat_values(0, np.arange(3)))
+    indices = np.arange(48)
+    parameters.batched_losses(0, indices, parameters.flat_values(0, indices))
     assert "vmap" in parameters.batch_fallback
 
 
@@ -383,7 +414,7 @@ def test_closure_holding_its_own_parameter_reference_is_caught_by_verification()
 
     parameters = torch_parameter_set(model)
     parameters.bind_loss(closure, False)
-    indices = np.arange(6)
+    indices = np.arange(35)
     values = parameters.flat_values(0, indices) + 1e-3
     batched = parameters.batched_losses(0, indices, values)
     assert "functional_call" in parameters.batch_fallback

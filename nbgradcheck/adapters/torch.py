@@ -38,6 +38,9 @@ from ..params import (
 )
 
 NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+# Fewer elements than this are evaluated by the loop: a batched call has a fixed cost
+# (tracing, verification) that only many elements repay.
+MIN_BATCH = 32
 # One vmap call holds this many bytes of perturbed copies of a tensor at most.
 BATCH_MEMORY_BYTES = 128 * 2**20
 # Elements of a chunk evaluated both ways, the first time a tensor is batched, to confirm
@@ -463,7 +466,7 @@ class TorchParameterSet:
         """J with each listed element set to its value in turn; parameters unchanged."""
         indices = np.asarray(indices, dtype=np.int64)
         values = np.asarray(values)
-        if self.batch_fallback is None:
+        if self.batch_fallback is None and indices.size >= MIN_BATCH:
             try:
                 losses = self.vmapped_losses(position, indices, values)
                 if position not in self.verified:

@@ -1,0 +1,381 @@
+"""JAX adapter: check ``loss(params)`` for ``params`` any pytree of arrays.
+
+JAX arrays are immutable, so the adapter keeps a NumPy working copy of every leaf,
+perturbs that copy and hands the loss a rebuilt pytree: unchanged leaves are the user's
+own arrays (cached), and only the perturbed leaf is converted again, so an evaluation
+costs one leaf transfer. The user's pytree is never modified.
+
+Analytic gradients come from ``jax.grad`` of the loss over the pytree, which is what
+checks a ``jax.custom_vjp`` (or ``custom_jvp``) rule; or from the user's ``grads`` (the
+same pytree structure, a dict keyed by leaf name, or a list in leaf order).
+
+Leaf names are key paths joined by dots (``layer1.w``, ``0.b``); a bare array is
+``theta``. Many perturbations are evaluated in one ``jax.vmap`` call; a loss that vmap
+cannot trace (Python control flow on values, ``float(x)``) is evaluated one element at a
+time instead.
+
+float64: leaves that are float64 (or all leaves, with ``JaxParameters(params,
+float64=True)``) are checked with ``jax_enable_x64`` switched on for the duration of the
+check and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import GradientError, LossError, ParameterError, ParametersModifiedError
+from ..params import SINGLE_ARRAY_NAME, format_index, gradient_key, validated_gradient
+
+# Fewer elements than this are evaluated by the loop: a batched call has a fixed cost
+# (tracing, verification) that only many elements repay.
+MIN_BATCH = 32
+# One vmap call holds this many bytes of perturbed copies of a leaf at most.
+BATCH_MEMORY_BYTES = 128 * 2**20
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+class JaxParameters(Mapping):
+    """A pytree of parameters with options for the check.
+
+    ``float64=True`` checks float32 leaves in float64 (``jax_enable_x64`` on for the
+    check, restored afterwards); the loss then receives float64 leaves, and JAX's type
+    promotion carries the whole computation to float64. ``vectorize=False`` forces the
+    element-by-element loop.
+    """
+
+    def __init__(self, params: Any, *, float64: bool = False, vectorize: bool = True) -> None:
+        self.params = params
+        self.float64 = float64
+        self.vectorize = vectorize
+        self.paths, self.leaves, self.treedef = flatten(params)
+        self.names = [leaf_name(path) for path in self.paths] or []
+
+    def __getitem__(self, name: str) -> Any:
+        """The leaf as a JAX array (NumPy leaves converted: the dispatch sees JAX)."""
+        leaf = self.leaves[self.names.index(name)]
+        return leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def jax_parameter_set(params: Any) -> JaxParameterSet:
+    """The engine's view of a pytree of JAX (or NumPy) arrays."""
+    options = params if isinstance(params, JaxParameters) else JaxParameters(params)
+    return JaxParameterSet(options)
+
+
+def flatten(params: Any) -> tuple[list[Any], list[Any], Any]:
+    """(key paths, leaves, treedef) of the pytree, validated."""
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if not path_leaves:
+        raise ParameterError("params is an empty pytree: there is nothing to check")
+    paths = [path for path, _ in path_leaves]
+    leaves = [leaf for _, leaf in path_leaves]
+    for path, leaf in zip(paths, leaves):
+        validate_leaf(leaf_name(path), leaf)
+    return paths, leaves, treedef
+
+
+def leaf_name(path: Any) -> str:
+    """``layer1.w`` for the key path ('layer1', 'w'); ``theta`` for the root."""
+    return jax.tree_util.keystr(path, simple=True, separator=".") or SINGLE_ARRAY_NAME
+
+
+def validate_leaf(name: str, leaf: Any) -> None:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        raise ParameterError(
+            f"leaf {name} is a {type(leaf).__name__}, not an array: make it one "
+            f"(jnp.asarray) or keep it out of params (close over it in the loss)"
+        )
+    if np.dtype(dtype) not in [np.dtype(d) for d in FLOAT_DTYPES]:
+        raise ParameterError(
+            f"leaf {name} has dtype {dtype}: only float16/32/64 leaves can hold a small "
+            f"perturbation; keep integer and bfloat16 leaves out of params (or cast them)"
+        )
+    array = np.asarray(leaf)
+    if not np.all(np.isfinite(array)):
+        where = np.unravel_index(int(np.argmin(np.isfinite(array))), array.shape)
+        raise ParameterError(f"leaf {name} contains {array[where]} at {format_index(where)}: "
+                             f"a gradient check needs finite parameters")
+
+
+def first_of(value: Any) -> Any:
+    """The loss from a return value that may be a ``(loss, ...)`` tuple."""
+    if type(value) is tuple:
+        if not value:
+            raise LossError("the loss returned an empty tuple; return the loss (first)")
+        return value[0]
+    return value
+
+
+class JaxParameterSet:
+    """The engine's interface (see :class:`nbgradcheck.params.ParameterSet`) for JAX."""
+
+    fixed_argument = False  # a new pytree is built for every evaluation
+
+    def __init__(self, options: JaxParameters) -> None:
+        self.options = options
+        self.names = options.names
+        self.original = options.params
+        self.treedef = options.treedef
+        self.leaves = options.leaves
+        promote = np.float64 if options.float64 else None
+        self.arrays = [np.array(leaf, dtype=promote or np.asarray(leaf).dtype, copy=True)
+                       for leaf in self.leaves]
+        self.base = [a.copy() for a in self.arrays]  # the unperturbed values
+        self.current: list[Any] = [None] * len(self.arrays)  # leaves handed to the loss
+        self.loss: Callable[..., Any] | None = None
+        self.pass_argument = True
+        self.seed: int | None = None
+        self.batch_fallback: str | None = None
+        self.compiled: dict[tuple[int, int], Callable] = {}
+        self.padding: dict[int, int] = {}  # batch size per leaf: one trace per leaf
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [a.shape for a in self.arrays]
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        return [a.dtype for a in self.arrays]
+
+    def needs_x64(self) -> bool:
+        return any(a.dtype == np.float64 for a in self.arrays)
+
+    # -- the pytree the loss receives ------------------------------------------------------
+    def argument(self) -> Any:
+        """The pytree at the current (possibly perturbed) values."""
+        return self.treedef.unflatten(self.current_leaves())
+
+    def current_leaves(self) -> list[Any]:
+        for position, leaf in enumerate(self.current):
+            if leaf is None:
+                self.current[position] = self.leaf_at(position)
+        return self.current
+
+    def leaf_at(self, position: int) -> Any:
+        """The user's own leaf when unperturbed, else a JAX array of the working copy."""
+        array, original = self.arrays[position], self.leaves[position]
+        unchanged = array.tobytes() == self.base[position].tobytes()
+        if unchanged and isinstance(original, jax.Array) and original.dtype == array.dtype:
+            return original
+        return jnp.array(array, copy=True)
+
+    def invalidate(self, position: int) -> None:
+        self.current[position] = None
+
+    # -- reading and perturbing elements ---------------------------------------------------
+    def flat_values(self, position: int, indices: np.ndarray) -> np.ndarray:
+        return self.arrays[position].reshape(-1)[indices].copy()
+
+    def element_setter(self, position: int) -> Callable[[int, Any], None]:
+        flat = self.arrays[position].reshape(-1)
+
+        def set_element(flat_index: int, value: Any) -> None:
+            flat[flat_index] = value
+            self.current[position] = None
+
+        return set_element
+
+    def group_setter(self, position: int) -> Callable[[np.ndarray, np.ndarray], None]:
+        flat = self.arrays[position].reshape(-1)
+
+        def set_group(indices: np.ndarray, values: np.ndarray) -> None:
+            flat[indices] = values
+            self.current[position] = None
+
+        return set_group
+
+    # -- randomness and global state -------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Re-seed NumPy and Python (JAX's own randomness uses explicit keys)."""
+        self.seed = seed
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def rng_fingerprint(self) -> tuple:
+        _, key, position, has_gauss, gauss = np.random.get_state()
+        return position, int(key[0]), int(key[-1]), has_gauss, gauss, hash(random.getstate())
+
+    def rng_state(self) -> Callable[[], None]:
+        """Save the RNG states and switch float64 on if needed; returns the undo function.
+
+        The engine calls this once before the first evaluation and the returned function
+        once at the end, also on errors, so it brackets the whole check.
+        """
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        x64 = jax.enable_x64(True) if self.needs_x64() else None
+        if x64 is not None:
+            x64.__enter__()
+
+        def restore() -> None:
+            if x64 is not None:
+                x64.__exit__(None, None, None)
+            self.current = [None] * len(self.arrays)  # built under the old setting
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+        return restore
+
+    # -- exact restore ---------------------------------------------------------------------
+    def snapshot(self) -> list[np.ndarray]:
+        """The user's NumPy leaves (the only mutable ones) and the working copies."""
+        return [a.copy() for a in self.arrays]
+
+    def user_numpy_leaves(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        return [(name, leaf, base) for name, leaf, base in zip(self.names, self.leaves,
+                                                                  self.base)
+                if isinstance(leaf, np.ndarray)]
+
+    def modified_names(self, snapshot: list[np.ndarray]) -> list[str]:
+        return [name for name, leaf, base in self.user_numpy_leaves()
+                if leaf.astype(base.dtype).tobytes() != base.tobytes()]
+
+    def restore(self, snapshot: list[np.ndarray]) -> None:
+        for position, saved in enumerate(snapshot):
+            np.copyto(self.arrays[position], saved)
+            self.current[position] = None
+
+    def ensure_unmodified(self, snapshot: list[np.ndarray], culprit: str) -> None:
+        """JAX leaves cannot change; a NumPy leaf in the pytree can."""
+        changed = self.modified_names(snapshot)
+        if changed:
+            for name, leaf, base in self.user_numpy_leaves():
+                if name in changed:
+                    np.copyto(leaf, base.astype(leaf.dtype))
+            raise ParametersModifiedError(
+                f"{culprit} changed the NumPy leaf {', '.join(changed)} in place. It was "
+                f"restored; make {culprit} leave its parameters unchanged."
+            )
+        self.restore(snapshot)
+
+    # -- gradients -------------------------------------------------------------------------
+    def match_gradients(self, grads: Any) -> tuple[list[np.ndarray], list[str]]:
+        """Align ``grads`` (same pytree, dict by leaf name, or list in leaf order)."""
+        raw, ignored = self.gradient_leaves(grads)
+        matched = [validated_gradient(name, g, array)
+                   for name, g, array in zip(self.names, raw, self.arrays)]
+        return matched, ignored
+
+    def gradient_leaves(self, grads: Any) -> tuple[list[Any], list[str]]:
+        leaves, treedef = jax.tree_util.tree_flatten(grads)
+        if treedef == self.treedef:
+            return leaves, []
+        if isinstance(grads, Mapping) and all(gradient_key(n, grads) for n in self.names):
+            keys = [gradient_key(n, grads) for n in self.names]
+            return [grads[k] for k in keys], [str(k) for k in grads if k not in keys]
+        if isinstance(grads, (list, tuple)) and len(grads) == len(self.names) \
+                and not isinstance(self.original, (list, tuple)):
+            return list(grads), []
+        raise GradientError(
+            f"grads has the structure {treedef} but params has {self.treedef}: give "
+            f"gradients as the same pytree (as jax.grad returns them), a dict keyed by "
+            f"leaf name ({', '.join(self.names[:3])}{', ...' if len(self.names) > 3 else ''})"
+            f" or a list in leaf order"
+        )
+
+    def autograd_gradients(self, loss: Callable[..., Any], pass_argument: bool) -> Any:
+        """``jax.grad`` of the loss over the pytree (this uses custom_vjp rules)."""
+        self.bind_loss(loss, pass_argument)
+        try:
+            return jax.grad(lambda tree: first_of(loss(tree)))(self.argument())
+        except (jax.errors.ConcretizationTypeError, TypeError) as error:
+            raise GradientError(
+                f"jax.grad could not differentiate the loss ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]}): it must compute the loss with jax.numpy "
+                f"from its argument and return it as a JAX scalar; or pass grads="
+            ) from error
+
+    # -- vectorized evaluation -------------------------------------------------------------
+    def bind_loss(self, loss: Callable[..., Any], pass_argument: bool) -> None:
+        """Remember the loss; it must take the pytree (a closure never sees a change)."""
+        if not pass_argument:
+            raise LossError(
+                "a JAX loss must take the parameters as its argument, loss(params): JAX "
+                "arrays are immutable, so a loss that closes over them never sees the "
+                "perturbed values"
+            )
+        self.loss, self.pass_argument = loss, pass_argument
+
+    @property
+    def can_batch(self) -> bool:
+        return self.options.vectorize and self.loss is not None and self.batch_fallback is None
+
+    def batched_losses(self, position: int, indices: np.ndarray,
+                       values: np.ndarray) -> np.ndarray:
+        """J with each listed element set to its value in turn; parameters unchanged."""
+        indices = np.asarray(indices, dtype=np.int64)
+        values = np.asarray(values, dtype=self.arrays[position].dtype)
+        if self.batch_fallback is None and indices.size >= MIN_BATCH:
+            try:
+                return self.vmapped_losses(position, indices, values)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as error:  # vmap cannot trace this loss: use the loop
+                self.batch_fallback = f"{type(error).__name__}: {error}"
+        return self.looped_losses(position, indices, values)
+
+    def vmapped_losses(self, position: int, indices: np.ndarray,
+                       values: np.ndarray) -> np.ndarray:
+        """``jax.vmap`` over perturbed copies, in chunks padded to powers of two."""
+        size = self.arrays[position].size
+        chunk = max(1, BATCH_MEMORY_BYTES // max(1, size * self.arrays[position].itemsize * 2))
+        leaves = list(self.current_leaves())
+        base = jnp.asarray(self.base[position]).reshape(-1)
+        out = []
+        for start in range(0, indices.size, chunk):
+            part = slice(start, start + chunk)
+            padded = max(1 << int(indices[part].size - 1).bit_length(),
+                         self.padding.get(position, 1))
+            self.padding[position] = padded
+            index = np.resize(indices[part], padded)
+            value = np.resize(values[part], padded)
+            losses = self.batched_function(position, padded)(leaves, base, index, value)
+            out.append(np.asarray(losses, dtype=np.float64)[: indices[part].size])
+        return np.concatenate(out)
+
+    def batched_function(self, position: int, padded: int) -> Callable:
+        """vmap(J with one element of leaf ``position`` changed), cached.
+
+        Not jitted: compiling costs more than it saves for the few calls of one check;
+        a loss the user jitted is compiled once per leaf (one padded batch size).
+        """
+        key = (position, padded)
+        if key not in self.compiled:
+            loss, treedef, shape = self.loss, self.treedef, self.arrays[position].shape
+
+            def one(leaves: list, base: Any, index: Any, value: Any) -> Any:
+                changed = base.at[index].set(value).reshape(shape)
+                tree = treedef.unflatten([*leaves[:position], changed, *leaves[position + 1:]])
+                return jnp.reshape(first_of(loss(tree)), ())
+
+            self.compiled[key] = jax.vmap(one, in_axes=(None, None, 0, 0))
+        return self.compiled[key]
+
+    def looped_losses(self, position: int, indices: np.ndarray,
+                      values: np.ndarray) -> np.ndarray:
+        """The same values one evaluation at a time, restoring each element after use."""
+        set_element = self.element_setter(position)
+        originals = self.flat_values(position, indices).tolist()
+        out = np.empty(indices.size)
+        for j, (index, value) in enumerate(zip(indices.tolist(), values.tolist())):
+            set_element(index, value)
+            try:
+                if self.seed is not None:
+                    self.reseed(self.seed)
+                out[j] = float(np.asarray(first_of(self.loss(self.argument()))).reshape(()))
+            finally:
+                set_element(index, originals[j])
+        return out

@@ -1,0 +1,318 @@
+"""The JAX adapter: pytrees, custom_vjp rules, float64 via x64, vectorized evaluation,
+bad input and untouched parameters."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+import nbgradcheck as ng  # noqa: E402
+from nbgradcheck.adapters import framework_of  # noqa: E402
+from nbgradcheck.adapters.jax import JaxParameters, jax_parameter_set  # noqa: E402
+
+
+def check(loss, params, grads=None, **options):
+    """ng.check with grads from jax.grad, full mode and no bar.
+
+    A nested pytree is wrapped in JaxParameters when the dispatch does not yet look
+    below the first level (see test_nested_pytree_dispatch).
+    """
+    if not isinstance(params, JaxParameters) and framework_of(params) != "jax":
+        params = JaxParameters(params)
+    options.setdefault("mode", "full")
+    options.setdefault("progress", False)
+    return ng.check(loss, params, grads, **options)
+
+
+def tree_bits(tree):
+    return [(np.asarray(leaf).dtype.str, np.asarray(leaf).tobytes())
+            for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+@jax.custom_vjp
+def scaled_tanh(x, w):
+    """tanh(x @ w) with a hand-written VJP; ``BUG`` plants mistakes in it."""
+    return jnp.tanh(x @ w)
+
+
+def scaled_tanh_fwd(x, w):
+    y = jnp.tanh(x @ w)
+    return y, (x, w, y)
+
+
+BUG = {"kind": None}
+
+
+def scaled_tanh_bwd(residuals, g):
+    x, w, y = residuals
+    dz = g * (1 - y**2)
+    dw = x.T @ dz
+    if BUG["kind"] == "element":
+        dw = dw.at[2, 1].multiply(1.5)
+    elif BUG["kind"] == "missing_derivative":
+        dw = x.T @ g  # forgot tanh'
+    return dz @ w.T, dw
+
+
+scaled_tanh.defvjp(scaled_tanh_fwd, scaled_tanh_bwd)
+
+
+@pytest.fixture
+def bug():
+    yield BUG
+    BUG["kind"] = None
+
+
+def network(dtype=np.float32, seed=0):
+    """A nested pytree: {'hidden': {'w', 'b'}, 'out': [w, b]} and a loss over it.
+
+    Arrays are drawn with NumPy (jax.random would compile its kernels first).
+    """
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape, scale=1.0):
+        return jnp.asarray((scale * rng.standard_normal(shape)).astype(dtype))
+
+    params = {"hidden": {"w": normal(4, 6, scale=0.5), "b": normal(6, scale=0.1)},
+              "out": [normal(6, 3, scale=0.5), normal(3, scale=0.1)]}
+    x = normal(10, 4)
+    labels = jnp.arange(10) % 3
+
+    def loss(p):
+        h = scaled_tanh(x, p["hidden"]["w"]) + p["hidden"]["b"]
+        logits = h @ p["out"][0] + p["out"][1]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(10), labels])
+
+    return params, loss
+
+
+# -- pytrees and custom_vjp --------------------------------------------------------------
+
+
+def test_nested_pytree_dispatch():
+    params, _ = network()
+    if framework_of(params) != "jax":
+        pytest.xfail("adapters.framework_of looks at the first level only (report)")
+
+
+def test_correct_pytree_passes_with_key_path_names_and_is_untouched():
+    params, loss = network()
+    before = tree_bits(params)
+    result = check(loss, params)
+    assert result.passed
+    assert result.names == ["hidden.b", "hidden.w", "out.0", "out.1"]
+    assert result.n_checked == 6 + 24 + 18 + 3
+    assert tree_bits(params) == before
+
+
+def test_custom_vjp_element_bug_found_on_exactly_its_element(bug):
+    bug["kind"] = "element"
+    params, loss = network()
+    result = check(loss, JaxParameters(params, float64=True))
+    assert result.failing == ["hidden.w"]
+    tensor = result.tensor("hidden.w")
+    assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
+        == [(2, 1)]
+
+
+def test_custom_vjp_missing_derivative_fails_in_float32(bug):
+    bug["kind"] = "missing_derivative"
+    params, loss = network()
+    result = check(loss, params)
+    assert result.failing == ["hidden.w"]
+
+
+def test_flat_dict_single_array_and_tuple_return():
+    w = jnp.array([0.3, -1.2, 2.0])
+    result = check(lambda t: (jnp.sum(jnp.sin(t)), {"aux": 1}), w)
+    assert result.passed and result.names == ["theta"]
+    result = check(lambda p: jnp.sum(p["a"] ** 3) + jnp.sum(p["b"]),
+                   {"a": jnp.array([1.0, 2.0]), "b": jnp.ones(2)})
+    assert result.passed and result.names == ["a", "b"]
+
+
+def test_user_given_gradients_as_pytree_dict_or_list():
+    params, loss = network()
+    grads = jax.grad(loss)(params)
+    assert check(loss, params, grads).passed
+    by_name = {"hidden.w": grads["hidden"]["w"], "dhidden.b": grads["hidden"]["b"],
+               "out.0": grads["out"][0], "out.1": grads["out"][1]}
+    assert check(loss, params, by_name).passed
+    wrong = jax.tree_util.tree_map(lambda g: g, grads)
+    wrong["out"][1] = -wrong["out"][1]
+    assert check(loss, params, wrong).failing == ["out.1"]
+
+
+def test_wrong_gradient_structure_is_explained():
+    params, loss = network()
+    grads = jax.grad(loss)(params)
+    with pytest.raises(ng.GradientError, match="structure"):
+        check(loss, params, {"hidden": grads["hidden"]})
+    with pytest.raises(ng.GradientError, match="shape"):
+        check(loss, params, {**grads, "out": [grads["out"][0].T, grads["out"][1]]})
+
+
+# -- float32 and float64 -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float32_correct_passes_and_planted_bug_fails(seed, bug):
+    params, loss = network(seed=seed)
+    assert check(loss, params).passed
+    bug["kind"] = "element"
+    result = check(loss, params)
+    assert result.failing == ["hidden.w"]
+
+
+def test_float64_option_checks_in_float64_and_restores_x64():
+    params, loss = network()
+    x64_before = jax.config.jax_enable_x64
+    result = check(loss, JaxParameters(params, float64=True))
+    assert result.verdict == "correct" and result.difference < 1e-7
+    assert all(result.tensor(name).dtype == np.float64 for name in result.names)
+    assert jax.config.jax_enable_x64 == x64_before
+    assert tree_bits(params) == tree_bits(network()[0])
+
+
+def test_float64_numpy_leaves_are_checked_with_x64_on_and_left_untouched():
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    x = rng.normal(size=(5, 3))
+    before = tree_bits(params)
+
+    def loss(p):
+        return jnp.sum(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
+
+    result = check(loss, JaxParameters(params))
+    assert result.verdict == "correct"
+    assert not jax.config.jax_enable_x64
+    assert tree_bits(params) == before
+
+
+# -- vectorized evaluation ---------------------------------------------------------------
+
+
+def test_vectorized_equals_looped(monkeypatch):
+    from nbgradcheck.adapters import jax as adapter
+
+    monkeypatch.setattr(adapter, "MIN_BATCH", 1)
+    calls = []
+    original = adapter.JaxParameterSet.vmapped_losses
+    monkeypatch.setattr(adapter.JaxParameterSet, "vmapped_losses",
+                        lambda self, *a: calls.append(a[0]) or original(self, *a))
+    params, loss = network()
+    batched = check(loss, JaxParameters(params, float64=True))
+    assert calls
+    looped = check(loss, JaxParameters(params, float64=True, vectorize=False))
+    assert list(batched.table["verdict"]) == list(looped.table["verdict"])
+    for name in batched.names:
+        np.testing.assert_allclose(batched.numeric[name], looped.numeric[name], rtol=1e-7,
+                                   atol=1e-12)
+
+
+def test_batched_losses_directly_match_the_loop():
+    params, loss = network()
+    parameters = jax_parameter_set(JaxParameters(params))
+    parameters.bind_loss(loss, True)
+    indices = np.arange(24)
+    values = parameters.flat_values(1, indices) + np.linspace(-0.3, 0.3, 24,
+                                                              dtype=np.float32)
+    batched = parameters.batched_losses(1, indices, values)
+    assert parameters.batch_fallback is None
+    np.testing.assert_allclose(batched, parameters.looped_losses(1, indices, values),
+                               rtol=1e-5)
+    assert parameters.arrays[1].tobytes() == np.asarray(params["hidden"]["w"]).tobytes()
+
+
+def test_loss_vmap_cannot_trace_falls_back_to_the_loop():
+    def loss(p):
+        total = jnp.sum(p["w"] ** 2)
+        return total if float(total) > 0 else -total  # Python control flow on a value
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 40)}
+    parameters = jax_parameter_set(params)
+    parameters.bind_loss(loss, True)
+    indices = np.arange(40)
+    values = parameters.flat_values(0, indices) + np.float32(1e-2)
+    looped = parameters.looped_losses(0, indices, values)
+    np.testing.assert_array_equal(parameters.batched_losses(0, indices, values), looped)
+    assert parameters.batch_fallback is not None and not parameters.can_batch
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_closure_without_argument_is_refused():
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(ng.LossError, match="argument"):
+        check(lambda: jnp.sum(params["w"] ** 2), params)
+
+
+def test_integer_and_non_array_leaves_are_refused():
+    with pytest.raises(ng.ParameterError, match="int32"):
+        check(lambda p: jnp.sum(p["w"]), {"w": jnp.arange(3)})
+    with pytest.raises(ng.ParameterError, match="not an array"):
+        check(lambda p: p["s"] * 2.0, JaxParameters({"s": 2.0}))
+
+
+def test_non_scalar_loss_is_explained():
+    with pytest.raises(ng.LossError, match="scalar"):
+        check(lambda p: p["w"] * 2, {"w": jnp.ones(3)})
+
+
+def test_error_and_interrupt_mid_check_leave_numpy_leaves_untouched():
+    params = {"w": np.linspace(-1.0, 1.0, 12)}
+    before = tree_bits(params)
+    calls = {"n": 0}
+
+    def loss(p):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        if calls["n"] == 30:
+            raise RuntimeError("boom")
+        return jnp.sum(jnp.sin(p["w"]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = check(loss, JaxParameters(params, vectorize=False))
+    assert not result.complete and tree_bits(params) == before
+    calls["n"] = 10
+    with pytest.raises(RuntimeError, match="boom"):
+        check(loss, JaxParameters(params, vectorize=False))
+    assert tree_bits(params) == before
+
+
+def test_loss_mutating_a_numpy_leaf_is_refused_and_undone():
+    params = {"w": np.ones(3)}
+
+    def loss(p):
+        params["w"][0] += 1.0  # the user's own array, through a closure
+        return jnp.sum(p["w"] ** 2)
+
+    with pytest.raises(ng.ParametersModifiedError, match="w"):
+        check(loss, JaxParameters(params))
+    assert params["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_fast_mode_localizes_a_single_wrong_element():
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(0.2 * rng.standard_normal((30, 40)), jnp.float32),
+              "b": jnp.zeros(40)}
+    x = jnp.asarray(rng.standard_normal((16, 30)), jnp.float32)
+
+    def loss(p):
+        return jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
+
+    grads = jax.grad(loss)(params)
+    grads["w"] = grads["w"].at[7, 11].add(0.3 * jnp.abs(grads["w"]).max())
+    result = check(loss, JaxParameters(params, float64=True), grads, mode="fast", seed=0)
+    assert result.failing == ["w"]
+    tensor = result.tensor("w")
+    assert (7, 11) in [tensor.multi_index(int(i))
+                       for i in tensor.indices[tensor.element_failing]]
