@@ -1,4 +1,12 @@
-"""nbgradcheck: find the bugs in hand-written backpropagation, in Jupyter."""
+"""nbgradcheck: find the bugs in hand-written backpropagation, and where training stalls.
+
+``import nbgradcheck`` needs only the core dependencies: framework adapters (PyTorch, JAX)
+and the notebook layer (IPython magics, widgets) are imported when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from .engine import check
 from .errors import (
@@ -10,7 +18,11 @@ from .errors import (
     ParametersModifiedError,
     RandomLossError,
 )
+from .history import LossHistory
+from .integrations import TorchRecorder, keras_callback, lightning_callback
+from .lossplot import plot_loss
 from .result import GradCheckResult, relative_difference
+from .stalls import StallReport, analyze_stalls, find_stalls
 
 __version__ = "0.1.0"
 
@@ -19,10 +31,34 @@ __all__ = [
     "GradCheckResult",
     "GradientError",
     "LossError",
+    "LossHistory",
     "NonFiniteLossError",
     "ParameterError",
     "ParametersModifiedError",
     "RandomLossError",
+    "StallReport",
+    "TorchRecorder",
+    "analyze_stalls",
     "check",
+    "find_stalls",
+    "keras_callback",
+    "lightning_callback",
+    "load_ipython_extension",
+    "plot_loss",
     "relative_difference",
+    "unload_ipython_extension",
 ]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbgradcheck``: register %gradcheck, %%gradcheck and %lossplot."""
+    from .notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbgradcheck``: remove the magics again."""
+    from .notebook.magics import unload_ipython_extension as unload
+
+    unload(ipython)
