@@ -21,7 +21,13 @@ from types import CodeType
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic import (
+    Magics,
+    line_cell_magic,
+    line_magic,
+    magics_class,
+    no_var_expand,
+)
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from IPython.display import display
 
@@ -424,7 +430,57 @@ def strip_semicolon(line: str) -> tuple[str, bool]:
     return line, False
 
 
-MAGIC_CLASSES: tuple[type[Magics], ...] = (GradCheckMagics,)
+LOSSPLOT_HELP = """Plot a loss history with its stalled spans shaded, and the stall table.
+
+VAR is any expression: a LossHistory, a list or array of losses, a pandas Series, or a
+DataFrame with a 'loss' column. Examples:
+
+    %lossplot history
+    %lossplot --log losses
+    %lossplot -o stalls df["loss"]
+"""
+
+
+@magics_class
+class LossPlotMagics(Magics):
+    """``%lossplot VAR``: the training-stalls view of a loss history."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.namespace = UserNamespace(shell)
+
+    @no_var_expand
+    @magic_arguments()
+    @kwds(formatter_class=argparse.RawDescriptionHelpFormatter, description=LOSSPLOT_HELP)
+    @argument("--log", action="store_true", help="logarithmic loss axis")
+    @argument("-o", "--output", metavar="VAR", help="store the stall table in VAR")
+    @argument("expression", nargs="*", metavar="VAR", help="the losses to plot")
+    @line_magic
+    @mistakes_as_usage_errors
+    def lossplot(self, line: str) -> None:
+        """%lossplot VAR: see LOSSPLOT_HELP (shown by %lossplot?)."""
+        from IPython.display import Image
+
+        from ..lossplot import figure_to_png, lossplot_from_value, plot_loss
+
+        options, expression = parse_magic_line(self.lossplot, line)
+        if not expression:
+            raise UsageError("%lossplot needs the losses to plot, e.g. %lossplot history")
+        value = self.namespace.evaluate(expression, "%lossplot expression")
+        try:
+            history = lossplot_from_value(value)
+        except (TypeError, ValueError) as error:
+            raise UsageError(one_line(str(error))) from None
+        if options.output:
+            self.namespace.store(options.output, history.stalls)
+        if options.log:
+            display(Image(data=figure_to_png(plot_loss(history, log_scale=True))),
+                    history.stalls)
+        else:
+            display(history)
+
+
+MAGIC_CLASSES: tuple[type[Magics], ...] = (GradCheckMagics, LossPlotMagics)
 
 
 # -- extension hooks ------------------------------------------------------------------------
