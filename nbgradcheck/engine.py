@@ -27,6 +27,7 @@ import numpy as np
 
 from .adapters import parameter_set
 from .errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
+from .parallel import parallel_runner
 from .params import ParameterSet, element_setter, format_index
 from .progress import Progress, chunk_size, should_show
 from .result import GradCheckResult, TensorCheck
@@ -63,6 +64,7 @@ class CheckSetup:
     unit_roundoff: float
     seconds_per_evaluation: float
     notes: list[str]
+    runner: Any = None  # evaluates on workers with executor=/n_jobs= (parallel.py)
 
 
 def check(
@@ -77,6 +79,8 @@ def check(
     tol: float = 1e-5,
     seed: int | None = None,
     progress: bool | None = None,
+    executor: Any = None,
+    n_jobs: int | None = None,
 ) -> GradCheckResult:
     """Compare the analytic gradient ``grads`` of ``loss`` with finite differences.
 
@@ -100,6 +104,12 @@ def check(
             also seeds the choice of sampled elements.
         progress: show a progress bar; ``None`` shows one when the check is expected
             to take more than a second.
+        executor: evaluate the loss on workers: a ``concurrent.futures`` executor (e.g.
+            ``ProcessPoolExecutor``), a Dask ``Client`` or anything with
+            ``submit(fn, *args)`` returning a future (see :mod:`nbgradcheck.parallel`).
+            The loss and parameters are pickled with cloudpickle and shipped once per
+            worker; the result is identical to the serial check's.
+        n_jobs: evaluate the loss in this many local processes (-1: one per core).
 
     Returns:
         A :class:`GradCheckResult`. Ctrl-C returns the partial result, marked
@@ -107,14 +117,17 @@ def check(
     """
     validate_options(loss, method, mode, sample, tol, eps)
     rerun = dict(loss=loss, params=params, grads=grads, eps=eps, method=method, mode=mode,
-                 sample=sample, tol=tol, seed=seed, progress=progress)
+                 sample=sample, tol=tol, seed=seed, progress=progress, executor=executor,
+                 n_jobs=n_jobs)
     parameters = parameter_set(params)
     snapshot = parameters.snapshot()
     restore_rng = parameters.rng_state()
     started = time.perf_counter()
     try:
-        setup = prepare(loss, parameters, grads, seed, snapshot)
-        result = run_check(setup, loss, eps, method, mode, sample, tol, seed, progress)
+        with parallel_runner(executor, n_jobs, loss, params, seed) as runner:
+            setup = prepare(loss, parameters, grads, seed, snapshot)
+            setup.runner = runner
+            result = run_check(setup, loss, eps, method, mode, sample, tol, seed, progress)
     except BaseException:
         parameters.restore(snapshot)
         raise
@@ -474,6 +487,8 @@ def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | No
     per_element = setup.seconds_per_evaluation * (2 if method == "central" else 1)
     bar = Progress(total, should_show(progress, per_element * total))
     chunk = chunk_size(per_element)
+    if setup.runner is not None:
+        setup.runner.prefetch(plans, setup, method, chunk)
     evaluator = complex_evaluator(loss, setup, seed) if method == "complex" else None
     tensors, evaluations, complete = [], 2, True
     try:
@@ -580,7 +595,9 @@ def run_tensor(plan: TensorPlan, setup: CheckSetup, method: str, evaluator: Any,
     batched = setup.params.batched_losses if getattr(setup.params, "can_batch", False) else None
     set_element = None if method == "complex" else setup.params.element_setter(plan.position)
     try:
-        if method == "complex":
+        if setup.runner is not None:
+            setup.runner.run_tensor(plan, setup, method, outputs, tick, chunk)
+        elif method == "complex":
             complex_copy = setup.params.arrays[plan.position].astype(np.complex128)
             shifted = (plan.values + 1j * plan.steps).tolist()
             evaluate_one_sided(element_setter(complex_copy), evaluator(plan.position,

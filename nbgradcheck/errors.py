@@ -29,3 +29,7 @@ class RandomLossError(LossError):
 
 class ParametersModifiedError(GradCheckError):
     """The loss (or gradient callable) changed the parameters it was given."""
+
+
+class UnpicklableLossError(LossError):
+    """The loss or the parameters cannot be pickled to run in worker processes."""
