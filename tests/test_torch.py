@@ -372,6 +372,37 @@ def test_batched_losses_directly_match_the_loop():
     assert state_bits(model) == before
 
 
+def test_linear_weights_take_the_rank_one_shortcut_with_the_loop_numbers():
+    model, closure = make_mlp(sizes=(6, 10, 3))
+    parameters = torch_parameter_set(model)
+    parameters.bind_loss(closure, False)
+    indices = np.arange(60)
+    values = parameters.flat_values(0, indices) + np.linspace(-1e-3, 1e-3, 60)
+    batched = parameters.batched_losses(0, indices, values)
+    assert parameters.linear_uses == {0: True} and parameters.batch_fallback is None
+    np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values),
+                               rtol=1e-14)
+
+
+def test_weight_used_twice_is_copied_not_shifted():
+    model, loss = make_mlp(sizes=(6, 10, 3))
+
+    def closure():  # L2 regularization uses the weight a second time
+        return loss() + 0.1 * model[0].weight.pow(2).sum()
+
+    parameters = torch_parameter_set(model)
+    parameters.bind_loss(closure, False)
+    indices = np.arange(60)
+    values = parameters.flat_values(0, indices) + 1e-3
+    batched = parameters.batched_losses(0, indices, values)
+    assert parameters.linear_uses == {0: False} and parameters.batch_fallback is None
+    np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values),
+                               rtol=1e-13)
+    grads = [g.clone() for g in torch.autograd.grad(loss(), list(model.parameters()))]
+    result = check(closure, model, grads)  # the L2 term left out of the gradient
+    assert result.failing == ["0.weight"]
+
+
 def test_models_vmap_cannot_run_fall_back_to_the_loop():
     class Branchy(nn.Module):  # data-dependent control flow
         def __init__(self):

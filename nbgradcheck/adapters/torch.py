@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import GradientError, LossError, ParameterError, ParametersModifiedError
 from ..params import (
@@ -192,6 +193,7 @@ class TorchParameterSet:
         self.seed: int | None = None  # set by reseed: the loop fallback re-seeds likewise
         self.batch_fallback: str | None = None  # why vectorized evaluation was given up
         self.verified: set[int] = set()
+        self.linear_uses: dict[int, bool] = {}  # position → used only by one F.linear
         self.unperturbed: float | None = None
 
     # -- description -------------------------------------------------------------------
@@ -481,18 +483,59 @@ class TorchParameterSet:
 
     def vmapped_losses(self, position: int, indices: np.ndarray,
                        values: np.ndarray) -> np.ndarray:
-        """``torch.func.vmap`` over perturbed copies, in chunks bounded by memory."""
+        """``torch.func.vmap`` over perturbed copies, in chunks bounded by memory.
+
+        A weight the loss uses only as the weight of one ``F.linear`` is not copied: the
+        layer's output gets the rank-one change δ·x[:, j] in column i instead (see
+        :class:`LinearElementShift`), so each evaluation costs only what follows the layer.
+        """
         base = self.tensors[position].detach()
         per_copy = max(1, base.numel() * base.element_size())
         chunk = max(1, BATCH_MEMORY_BYTES // per_copy)
-        batched = torch.func.vmap(self.scalar_loss_with(position), randomness="error")
+        shortcut = self.linear_shortcut(position, base)
         out = []
         with torch.no_grad():
             for start in range(0, indices.size, chunk):
-                copies = perturbed_copies(base, indices[start:start + chunk],
-                                          values[start:start + chunk])
-                out.append(batched(copies).detach().to("cpu", torch.float64))
+                part = slice(start, start + chunk)
+                if shortcut is not None:
+                    index = torch.as_tensor(indices[part], device=base.device)
+                    delta = (torch.as_tensor(values[part], dtype=base.dtype, device=base.device)
+                             - base.reshape(-1)[index])
+                    losses = shortcut(index, delta)
+                else:
+                    batched = torch.func.vmap(self.scalar_loss_with(position),
+                                              randomness="error")
+                    losses = batched(perturbed_copies(base, indices[part], values[part]))
+                out.append(losses.detach().to("cpu", torch.float64))
         return torch.cat(out).numpy()
+
+    def linear_shortcut(self, position: int, base: torch.Tensor) -> Callable | None:
+        """vmap over (flat index, δ) through LinearElementShift, when the loss allows it."""
+        if position not in self.linear_uses:
+            self.linear_uses[position] = self.only_linear_weight(position, base)
+        if not self.linear_uses[position]:
+            return None
+        marker = base.view_as(base)
+        call = self.scalar_loss_with(position)
+        rows = torch.arange(base.shape[0], device=base.device)
+        columns = torch.arange(base.shape[1], device=base.device)
+
+        def loss_with_shift(index: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+            row = (rows == index // base.shape[1]).to(base.dtype)
+            column = (columns == index % base.shape[1]).to(base.dtype)
+            with LinearElementShift(marker, row, column, delta):
+                return call(marker)
+
+        return torch.func.vmap(loss_with_shift, randomness="error")
+
+    def only_linear_weight(self, position: int, base: torch.Tensor) -> bool:
+        """True when one evaluation uses the parameter once: as the weight of F.linear."""
+        if base.dim() != 2:
+            return False
+        marker = base.view_as(base)
+        with torch.no_grad(), UseRecorder(marker) as recorder:
+            self.scalar_loss_with(position)(marker)
+        return recorder.uses == [nn.functional.linear]
 
     def scalar_loss_with(self, position: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """J (a 0-d tensor) with parameter ``position`` replaced by a given tensor."""
@@ -562,6 +605,47 @@ class TorchParameterSet:
             finally:
                 set_element(index, originals[j])
         return out
+
+
+class UseRecorder(TorchFunctionMode):
+    """Records the torch functions that receive ``marker`` (the parameter) as an argument."""
+
+    def __init__(self, marker: torch.Tensor) -> None:
+        super().__init__()
+        self.marker = marker
+        self.uses: list[Any] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        arguments = list(args) + list(kwargs.values())
+        nested = [a for group in arguments if isinstance(group, (list, tuple)) for a in group]
+        if any(a is self.marker for a in arguments + nested):
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            linear = func is nn.functional.linear and weight is self.marker
+            self.uses.append(func if linear else None)
+        return func(*args, **kwargs)
+
+
+class LinearElementShift(TorchFunctionMode):
+    """Evaluates ``F.linear(x, W + δ·e_i e_jᵀ, b)`` as ``F.linear(x, W, b) + δ·x_j·e_i``.
+
+    ``row`` and ``column`` are one-hot vectors for i and j (batched under vmap), so the
+    unperturbed product is computed once for the whole batch.
+    """
+
+    def __init__(self, marker: torch.Tensor, row: torch.Tensor, column: torch.Tensor,
+                 delta: torch.Tensor) -> None:
+        super().__init__()
+        self.marker, self.row, self.column, self.delta = marker, row, column, delta
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if func is nn.functional.linear and len(args) > 1 and args[1] is self.marker:
+            inputs = args[0] if args else kwargs["input"]
+            picked = (inputs * self.column).sum(-1, keepdim=True)
+            output = output + self.delta * picked * self.row
+        return output
 
 
 class LossModule(nn.Module):
