@@ -88,7 +88,24 @@ def flatten(params: Any) -> tuple[list[Any], list[Any], Any]:
 
 def leaf_name(path: Any) -> str:
     """``layer1.w`` for the key path ('layer1', 'w'); ``theta`` for the root."""
-    return jax.tree_util.keystr(path, simple=True, separator=".") or SINGLE_ARRAY_NAME
+    return ".".join(key_text(key) for key in path) or SINGLE_ARRAY_NAME
+
+
+def key_text(key: Any) -> str:
+    """One entry of a key path: a dict key, a sequence index or an attribute name."""
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def enable_x64() -> Any:
+    """A context manager switching ``jax_enable_x64`` on (restored on exit)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64 as experimental_enable_x64
+
+    return experimental_enable_x64(True)
 
 
 def validate_leaf(name: str, leaf: Any) -> None:
@@ -216,7 +233,7 @@ class JaxParameterSet:
         once at the end, also on errors, so it brackets the whole check.
         """
         numpy_state, python_state = np.random.get_state(), random.getstate()
-        x64 = jax.enable_x64(True) if self.needs_x64() else None
+        x64 = enable_x64() if self.needs_x64() else None
         if x64 is not None:
             x64.__enter__()
 
