@@ -751,6 +751,14 @@ def result_notes(tensors: list[TensorCheck], setup: CheckSetup, method: str) -> 
             f"hinge) between θ−ε and θ+ε: the numeric value averages two slopes there, so "
             f"{'they are' if kinks > 1 else 'it is'} not counted as failing; see result.kinks"
         )
+    refined = {t.name: t.refined for t in tensors if t.refined}
+    if refined:
+        where = ", ".join(f"{count} in {name}" for name, count in refined.items())
+        notes.append(
+            f"re-estimated with a smaller step ({where}): the first step gave a discrepancy "
+            f"that a step ε/{REFINE_FACTOR} or ε/{REFINE_FACTOR ** 2} removed (kinks, "
+            f"curvature or round-off, not a bug); their steps are in result.tensor(name).step"
+        )
     floor = max((t.floor for t in tensors if t.evaluated.any()), default=0.0)
     if floor > 1e-6 and method != "complex":
         notes.append(

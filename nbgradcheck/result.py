@@ -66,6 +66,7 @@ class TensorCheck:
     kink: np.ndarray  # True where a slope jump explains the discrepancy
     analytic_full: np.ndarray  # the whole analytic gradient, for diagnosis
     tol: float
+    refined: int = 0  # elements whose estimate was replaced by one with a smaller step
 
     @property
     def size(self) -> int:
@@ -100,6 +101,7 @@ class TensorCheck:
         """Replace the measurements at ``positions[take]`` with ``other``'s (a re-estimate)."""
         for field_name in ("numeric", "step", "loss_plus", "loss_minus", "noise", "kink"):
             getattr(self, field_name)[positions[take]] = getattr(other, field_name)[take]
+        self.refined += int(np.count_nonzero(take))
 
     @property
     def difference(self) -> float:
@@ -285,6 +287,12 @@ class GradCheckResult(ResultViews):
         if sort_by not in ("abs_error", "rel_error"):
             raise ValueError(f"sort_by must be 'abs_error' or 'rel_error', not {sort_by!r}")
         return frame.sort_values(sort_by, ascending=False, ignore_index=True)
+
+    def inspect(self) -> Any:
+        """The inspector widget (the static report where widgets cannot render)."""
+        from .notebook.widgets import inspect
+
+        return inspect(self)
 
     def recheck(self, **changes: Any) -> GradCheckResult:
         """Run the same check again, with some arguments changed (e.g. ``eps=1e-4``)."""

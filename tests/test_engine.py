@@ -252,6 +252,8 @@ def test_refinement_rescues_a_step_that_crossed_kinks_on_both_sides():
     assert result.passed and not tensor.kink.any()
     assert tensor.step[0] == pytest.approx(2e-2 / 8) and tensor.step[1] == pytest.approx(2e-2)
     assert result.n_evaluations == 2 + 2 * 3 + 2
+    assert tensor.refined == 1
+    assert any("re-estimated with a smaller step (1 in theta)" in n for n in result.notes)
 
 
 def test_interrupt_returns_a_partial_result_and_restores(net):
