@@ -284,6 +284,74 @@ def test_float32_planted_bug_fails_on_its_tensor(seed):
     assert result.failing == ["fc1.weight"]
 
 
+class SmallElementBug(torch.autograd.Function):
+    """Identity on a weight whose backward scales dW[1, 2] by 1.01: below float32's floor."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        grad[1, 2] *= 1.01
+        return grad
+
+
+def small_bug_model(seed=0):
+    model, _ = make_mlp(sizes=(8, 16, 4), dtype=torch.float32, seed=seed, batch=32)
+    model.insert(2, nn.BatchNorm1d(16))  # after tanh: 0.bias keeps a gradient
+    x = torch.randn(32, 8)
+    y = torch.randn(32, 4)
+
+    def closure():
+        weight = SmallElementBug.apply(model[0].weight)
+        hidden = model[2](torch.tanh(nn.functional.linear(x, weight, model[0].bias)))
+        return nn.functional.mse_loss(model[3](hidden), y)
+
+    return model, closure
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_float64_promotion_finds_a_bug_below_the_float32_floor(vectorize):
+    model, closure = small_bug_model()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = state_bits(model)
+    promoted = check(closure, TorchParameters(model, float64=True, vectorize=vectorize))
+    assert promoted.failing == ["0.weight"]
+    tensor = promoted.tensor("0.weight")
+    assert tensor.dtype == np.float64
+    assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
+        == [(1, 2)]
+    assert state_bits(model) == before  # float32 parameters, buffers and grads untouched
+    assert torch.get_default_dtype() == torch.float32
+    assert torch.ones(1).dtype == torch.float32  # the promoting mode is gone
+
+
+def test_float32_check_without_promotion_stays_within_its_floor():
+    model, closure = small_bug_model()
+    result = check(closure, model)  # 1 % of one element is below float32's resolution
+    assert result.passed
+    assert any("round-off floor" in note or "not float64" in note for note in result.notes)
+
+
+def test_float64_promotion_is_undone_after_an_error():
+    model, loss = make_mlp(dtype=torch.float32)
+    before = state_bits(model)
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        if calls["n"] >= 5:
+            raise RuntimeError("boom")
+        return loss()
+
+    with pytest.raises(RuntimeError, match="boom"):
+        check(closure, TorchParameters(model, float64=True))
+    assert state_bits(model) == before and torch.get_default_dtype() == torch.float32
+
+
 # -- vectorized evaluation ---------------------------------------------------------------
 
 

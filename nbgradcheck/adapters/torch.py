@@ -59,13 +59,20 @@ class TorchParameters(Mapping):
 
     ``check(closure, TorchParameters(model, dropout=False))`` switches the model's dropout
     modules to evaluation mode for the check (their modes are restored afterwards), so
-    J is deterministic without ``seed=``; ``vectorize=False`` forces the element-by-element
-    loop. The loss still receives ``model`` itself when it takes an argument.
+    J is deterministic without ``seed=``. ``float64=True`` checks a float32 (or float16)
+    model in float64: parameters and floating buffers are promoted in place for the check
+    and every torch operation promotes its low-precision tensor arguments (the inputs the
+    closure holds), so bugs far below float32's round-off are found; afterwards the
+    original tensors are put back untouched. ``vectorize=False`` forces the
+    element-by-element loop. The loss still receives ``model`` itself when it takes an
+    argument.
     """
 
-    def __init__(self, params: Any, *, dropout: bool = True, vectorize: bool = True) -> None:
+    def __init__(self, params: Any, *, dropout: bool = True, float64: bool = False,
+                 vectorize: bool = True) -> None:
         self.params = params
         self.dropout = dropout
+        self.float64 = float64
         self.vectorize = vectorize
         self.names, self.tensors, self.kind = named_tensors(params)
 
@@ -194,6 +201,7 @@ class TorchParameterSet:
         self.batch_fallback: str | None = None  # why vectorized evaluation was given up
         self.verified: set[int] = set()
         self.linear_uses: dict[int, bool] = {}  # position → used only by one F.linear
+        self.promoted: list[torch.Tensor] | None = None  # float64 baseline while promoted
         self.unperturbed: float | None = None
 
     # -- description -------------------------------------------------------------------
@@ -203,6 +211,7 @@ class TorchParameterSet:
 
     @property
     def dtypes(self) -> list[np.dtype]:
+        """NumPy dtypes of the parameters as checked (float64 while promoted)."""
         return [np.dtype(NUMPY_DTYPES[t.dtype]) for t in self.tensors]
 
     def argument(self) -> Any:
@@ -254,6 +263,13 @@ class TorchParameterSet:
         return set_on_device
 
     # -- randomness and global state -------------------------------------------------------
+    randomness_hint = (
+        " With torch, seed= re-seeds torch's generators too (CPU and CUDA). To switch "
+        "dropout off for the check instead, pass TorchParameters(model, dropout=False) "
+        "(from nbgradcheck.adapters.torch): it puts only the dropout modules in eval mode "
+        "and restores them afterwards (model.eval() would change BatchNorm too)."
+    )
+
     def reseed(self, seed: int) -> None:
         """Re-seed torch (all devices), NumPy and Python: dropout masks then repeat."""
         self.seed = seed
@@ -271,7 +287,8 @@ class TorchParameterSet:
                 has_gauss, gauss, hash(random.getstate()))
 
     def rng_state(self) -> Callable[[], None]:
-        """Save the RNG states (and switch dropout off if asked); returns the undo function.
+        """Save the RNG states, switch dropout off and promote to float64 if asked;
+        returns the function that undoes all of it.
 
         The engine calls this once before the first evaluation and the returned function
         once at the end, also on errors, so it brackets the whole check.
@@ -280,8 +297,11 @@ class TorchParameterSet:
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         numpy_state, python_state = np.random.get_state(), random.getstate()
         modes = self.switch_dropout_off() if not self.options.dropout else []
+        demote = self.promote() if self.options.float64 else None
 
         def restore() -> None:
+            if demote is not None:
+                demote()
             for module, training in modes:
                 module.training = training
             torch.set_rng_state(torch_state)
@@ -302,6 +322,38 @@ class TorchParameterSet:
             module.training = False
         return modes
 
+    def promote(self) -> Callable[[], None]:
+        """Parameters and floating buffers as float64 copies; returns the undo function.
+
+        The user's tensors keep their objects: only ``.data`` is swapped, and the
+        original data tensors (never written to) are swapped back.
+        """
+        tensors = self.tensors + [b for b in self.buffers if b.is_floating_point()]
+        originals = [t.data for t in tensors]
+        grads = [t.grad for t in self.tensors]
+        for tensor in self.tensors:
+            tensor.grad = None
+        for tensor, data in zip(tensors, originals):
+            tensor.data = data.to(torch.float64)
+        self.promoted = [t.detach().clone() for t in self.tensors]
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        mode = Float64Mode()
+        mode.__enter__()
+
+        def demote() -> None:
+            mode.__exit__(None, None, None)
+            torch.set_default_dtype(default)
+            for tensor in self.tensors:
+                tensor.grad = None
+            for tensor, data in zip(tensors, originals):
+                tensor.data = data
+            for tensor, grad in zip(self.tensors, grads):
+                tensor.grad = grad
+            self.promoted = None
+
+        return demote
+
     # -- exact restore ---------------------------------------------------------------------
     def snapshot(self) -> TorchSnapshot:
         """Copies of parameters, buffers and ``.grad`` attributes, for an exact restore."""
@@ -312,14 +364,17 @@ class TorchParameterSet:
         )
 
     def modified_names(self, snapshot: TorchSnapshot) -> list[str]:
-        """Names of the parameters whose bits differ from ``snapshot``."""
-        return [name for name, tensor, saved in zip(self.names, self.tensors, snapshot.params)
+        """Names of the parameters whose bits differ from ``snapshot`` (from the float64
+        baseline while promoted)."""
+        saved_params = self.promoted if self.promoted is not None else snapshot.params
+        return [name for name, tensor, saved in zip(self.names, self.tensors, saved_params)
                 if not same_bits(tensor.detach(), saved)]
 
     def restore(self, snapshot: TorchSnapshot) -> None:
         """Write parameters, buffers and ``.grad`` back, bit for bit."""
+        saved_params = self.promoted if self.promoted is not None else snapshot.params
         with torch.no_grad():
-            for tensor, saved in zip(self.tensors, snapshot.params):
+            for tensor, saved in zip(self.tensors, saved_params):
                 tensor.data.copy_(saved)
         self.restore_side_state(snapshot)
 
@@ -331,7 +386,7 @@ class TorchParameterSet:
                 if not same_bits(buffer, saved):
                     buffer.copy_(saved)
         for tensor, saved in zip(self.tensors, snapshot.grads):
-            if saved is None:
+            if saved is None or self.promoted is not None:  # promoted: put back by demote
                 tensor.grad = None
             elif tensor.grad is None or not same_bits(tensor.grad, saved):
                 tensor.grad = saved.clone()
@@ -420,7 +475,7 @@ class TorchParameterSet:
                 return self.backward(value)
         finally:
             for tensor, grad in zip(self.tensors, saved):
-                tensor.grad = grad
+                tensor.grad = grad if self.promoted is None else None
 
     def backward(self, value: Any) -> list[torch.Tensor]:
         """Gradients of ``value``: from autograd, or the ``.grad`` a closure filled itself."""
@@ -605,6 +660,32 @@ class TorchParameterSet:
             finally:
                 set_element(index, originals[j])
         return out
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
+NARROWING_METHODS = (torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16)
+
+
+class Float64Mode(TorchFunctionMode):
+    """Every torch function gets float64 for its low-precision tensors and dtypes."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func in NARROWING_METHODS:  # x.float() stays float64
+            return args[0].to(torch.float64)
+        return func(*to_float64(args), **to_float64(kwargs or {}))
+
+
+def to_float64(value: Any) -> Any:
+    """``value`` with float16/bfloat16/float32 tensors and dtypes made float64."""
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64) if value.dtype in LOW_PRECISION else value
+    if isinstance(value, torch.dtype):
+        return torch.float64 if value in LOW_PRECISION else value
+    if type(value) in (list, tuple):
+        return type(value)(to_float64(v) for v in value)
+    if type(value) is dict:
+        return {k: to_float64(v) for k, v in value.items()}
+    return value
 
 
 class UseRecorder(TorchFunctionMode):
