@@ -23,10 +23,12 @@ from .integrations import TorchRecorder, keras_callback, lightning_callback
 from .lossplot import plot_loss
 from .result import GradCheckResult, relative_difference
 from .stalls import StallReport, analyze_stalls, find_stalls
+from .sweep import EpsSweep, sweep_eps
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EpsSweep",
     "GradCheckError",
     "GradCheckResult",
     "GradientError",
@@ -46,6 +48,7 @@ __all__ = [
     "load_ipython_extension",
     "plot_loss",
     "relative_difference",
+    "sweep_eps",
     "unload_ipython_extension",
 ]
 
