@@ -147,7 +147,7 @@ def planted_bug_row(inputs: int, hidden: int) -> None:
     found = [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]]
     print(f"planted bug in fc1.weight[123, 45] of a {count:,}-parameter model: "
           f"nbgradcheck fast mode {fast_s:.1f} s, failing {result.failing}, "
-          f"elements {found}, {result.evaluations} loss evaluations", flush=True)
+          f"elements {found}, {result.n_evaluations} loss evaluations", flush=True)
     gradcheck_s, (passed, message) = cpu_time(
         lambda: gradcheck_on_parameters(model, closure, fast_mode=True))
     summary = message.strip().splitlines()[0] if message else "no mismatch reported"
@@ -174,7 +174,8 @@ class ElementBug(torch.autograd.Function):
 
 
 def float32_row(nets: int, factor: float) -> None:
-    false_alarms, missed = 0, 0
+    """Correct and buggy float32 nets, checked in float32 and with float64=True."""
+    counts = {False: [0, 0], True: [0, 0]}  # float64 → [false alarms, missed bugs]
     for seed in range(nets):
         model = mlp((8, 16, 4), torch.float32, seed=seed)
         x = torch.randn(32, 8)
@@ -185,15 +186,18 @@ def float32_row(nets: int, factor: float) -> None:
             hidden = torch.tanh(nn.functional.linear(x, weight, model[0].bias))
             return nn.functional.cross_entropy(model[2](hidden), y)
 
-        correct = ng.check(closure, TorchParameters(model), None, mode="full",
-                           progress=False)
-        buggy = ng.check(lambda c=closure: c(factor), TorchParameters(model), None,
-                         mode="full", progress=False)
-        false_alarms += not correct.passed
-        missed += buggy.failing != ["0.weight"]
-    print(f"float32, {nets} random MLPs (8-16-4, batch 32): {false_alarms} correct models "
-          f"called wrong; {missed} of {nets} single-element bugs (dW[1, 2] × {factor}) "
-          f"missed or blamed on the wrong tensor", flush=True)
+        for float64 in (False, True):
+            params = TorchParameters(model, float64=float64)
+            correct = ng.check(closure, params, None, mode="full", progress=False)
+            buggy = ng.check(lambda c=closure: c(factor), params, None, mode="full",
+                             progress=False)
+            counts[float64][0] += not correct.passed
+            counts[float64][1] += buggy.failing != ["0.weight"]
+    for float64, (false_alarms, missed) in counts.items():
+        print(f"float32 MLPs 8-16-4 (batch 32), {nets} nets, checked "
+              f"{'with float64=True' if float64 else 'in float32'}: {false_alarms} correct "
+              f"models called wrong; {missed} of {nets} single-element bugs "
+              f"(dW[1, 2] × {factor}) missed", flush=True)
 
 
 def warm_up() -> None:
@@ -222,7 +226,8 @@ def main() -> None:
         planted_bug_row(200, 1024)  # 470,810 parameters
     else:
         planted_bug_row(784, 1024)  # 1,068,810 parameters
-    float32_row(10 if options.quick else 40, 1.05)
+    for factor in (1.5, 1.05, 1.01):
+        float32_row(10 if options.quick else 40, factor)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,12 @@ def check(loss, params, grads=None, **options):
     return ng.check(loss, params, grads, **options)
 
 
+def raw_bytes(tensor):
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.cpu().numpy().tobytes()
+
+
 def state_bits(module_or_tensors):
     """Every parameter, buffer and .grad of a module (or list of tensors) as bytes."""
     if isinstance(module_or_tensors, nn.Module):
@@ -120,9 +126,9 @@ def state_bits(module_or_tensors):
         items = [(str(i), t) for i, t in enumerate(module_or_tensors)]
     bits = {}
     for name, tensor in items:
-        bits[name] = (tensor.dtype, tuple(tensor.shape), tensor.detach().cpu().numpy().tobytes())
+        bits[name] = (tensor.dtype, tuple(tensor.shape), raw_bytes(tensor.detach()))
         grad = getattr(tensor, "grad", None)
-        bits[name + ".grad"] = None if grad is None else grad.cpu().numpy().tobytes()
+        bits[name + ".grad"] = None if grad is None else raw_bytes(grad)
     return bits
 
 
@@ -270,18 +276,26 @@ def test_seed_leaves_global_rng_states_as_they_were():
 # -- float32 -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_float32_correct_model_passes(seed):
     net, closure = make_net(dtype=torch.float32, seed=seed)
     result = check(closure, net)
     assert result.passed, result.table
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
+def test_float32_correct_model_passes_in_float64(seed):
+    model, closure = make_mlp(sizes=(6, 12, 3), dtype=torch.float32, seed=seed)
+    result = check(closure, TorchParameters(model, float64=True))
+    assert result.verdict == "correct" and result.tensor("0.weight").dtype == np.float64
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_float32_planted_bug_fails_on_its_tensor(seed):
     net, closure = make_net(bug="element", dtype=torch.float32, seed=seed)
     result = check(closure, net)
     assert result.failing == ["fc1.weight"]
+    assert result.tensor("fc1.weight").dtype == np.float32
 
 
 class SmallElementBug(torch.autograd.Function):
@@ -539,11 +553,25 @@ def test_fast_mode_localizes_a_single_wrong_element():
 # -- bad input, errors and interruption --------------------------------------------------
 
 
-def test_integer_and_bfloat16_tensors_are_refused():
+def test_integer_tensors_are_refused_and_bfloat16_needs_float64():
     with pytest.raises(ng.ParameterError, match="int64"):
         check(lambda t: t.sum(), torch.arange(3))
+    theta = torch.tensor([0.5, -1.5, 2.0], dtype=torch.bfloat16, requires_grad=True)
     with pytest.raises(ng.ParameterError, match="bfloat16"):
-        check(lambda t: t.sum(), torch.ones(3, dtype=torch.bfloat16))
+        check(lambda t: (t**3).sum(), theta)
+    before = state_bits([theta])
+    result = check(lambda t: (t**3).sum(), TorchParameters(theta, float64=True))
+    assert result.passed and result.tensor("theta").dtype == np.float64
+    assert state_bits([theta]) == before and theta.dtype == torch.bfloat16
+
+
+def test_float32_model_is_refused_where_it_cannot_be_promoted():
+    model, _ = make_mlp(dtype=torch.float32)
+    # outside check() there is no rng_state bracket to promote in (as in n_jobs workers)
+    parameters = torch_parameter_set(TorchParameters(model, float64=True))
+    with pytest.raises(ng.GradCheckError, match="float64=False"):
+        parameters.element_setter(0)
+    assert torch_parameter_set(model).element_setter(0)
 
 
 def test_tensor_without_requires_grad_needs_grads():

@@ -29,7 +29,13 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import GradientError, LossError, ParameterError, ParametersModifiedError
+from ..errors import (
+    GradCheckError,
+    GradientError,
+    LossError,
+    ParameterError,
+    ParametersModifiedError,
+)
 from ..params import (
     SINGLE_ARRAY_NAME,
     format_index,
@@ -59,13 +65,22 @@ class TorchParameters(Mapping):
 
     ``check(closure, TorchParameters(model, dropout=False))`` switches the model's dropout
     modules to evaluation mode for the check (their modes are restored afterwards), so
-    J is deterministic without ``seed=``. ``float64=True`` checks a float32 (or float16)
-    model in float64: parameters and floating buffers are promoted in place for the check
-    and every torch operation promotes its low-precision tensor arguments (the inputs the
-    closure holds), so bugs far below float32's round-off are found; afterwards the
-    original tensors are put back untouched. ``vectorize=False`` forces the
-    element-by-element loop. The loss still receives ``model`` itself when it takes an
-    argument.
+    J is deterministic without ``seed=``.
+
+    By default a model is checked as it is: in float32, verdicts allow for the round-off
+    floor, so no correct model is called wrong, but a wrong element is visible only above
+    that floor (see ``benchmarks/bench_torch.py``). ``float64=True`` checks a float32,
+    float16 or bfloat16 model in float64: parameters and floating buffers are promoted for
+    the check (their ``.data`` swapped for float64 copies) and every torch operation
+    promotes its low-precision tensor arguments (the inputs the closure holds), so bugs far
+    below float32's round-off are found; afterwards the original tensors are put back,
+    untouched. Limits: a custom ``autograd.Function`` that saves a float32 *input* of the
+    closure for its backward meets float64 gradients there (pass that input as
+    ``x.double()``); float32-only kernels fail; workers of ``executor=``/``n_jobs=``
+    cannot promote (refused with a clear error).
+
+    ``vectorize=False`` forces the element-by-element loop. The loss still receives
+    ``model`` itself when it takes an argument.
     """
 
     def __init__(self, params: Any, *, dropout: bool = True, float64: bool = False,
@@ -74,7 +89,7 @@ class TorchParameters(Mapping):
         self.dropout = dropout
         self.float64 = float64
         self.vectorize = vectorize
-        self.names, self.tensors, self.kind = named_tensors(params)
+        self.names, self.tensors, self.kind = named_tensors(params, float64)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[self.names.index(name)]
@@ -95,7 +110,8 @@ def torch_parameter_set(params: Any) -> TorchParameterSet:
 # -- naming and validating the user's tensors ------------------------------------------------
 
 
-def named_tensors(params: Any) -> tuple[list[str], list[torch.Tensor], str]:
+def named_tensors(params: Any,
+                  float64: bool = False) -> tuple[list[str], list[torch.Tensor], str]:
     """(names, tensors, kind) for a module, one tensor, a dict or a sequence of tensors."""
     if isinstance(params, nn.Module):
         named = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
@@ -120,17 +136,19 @@ def named_tensors(params: Any) -> tuple[list[str], list[torch.Tensor], str]:
     if not tensors:
         raise ParameterError("params is empty: there is nothing to check")
     for name, tensor in zip(names, tensors):
-        validate_tensor(name, tensor)
+        validate_tensor(name, tensor, float64)
     reject_repeated_tensors(names, tensors)
     return names, tensors, kind
 
 
-def validate_tensor(name: str, tensor: Any) -> None:
+def validate_tensor(name: str, tensor: Any, float64: bool = False) -> None:
     """Raise ParameterError unless ``tensor`` is a finite dense float tensor."""
     if not isinstance(tensor, torch.Tensor):
         raise ParameterError(f"parameter {name} is a {type(tensor).__name__}, not a tensor")
-    if tensor.dtype not in NUMPY_DTYPES:
-        hint = (f"convert it once with {name}.data = {name}.data.float()"
+    promotable = float64 and tensor.dtype == torch.bfloat16
+    if tensor.dtype not in NUMPY_DTYPES and not promotable:
+        hint = ("check it in float64 with TorchParameters(..., float64=True), or convert "
+                f"it once with {name}.data = {name}.data.float()"
                 if tensor.is_floating_point() else
                 "only floating-point tensors can hold a small perturbation")
         raise ParameterError(f"parameter {name} has dtype {tensor.dtype}: {hint}")
@@ -220,12 +238,14 @@ class TorchParameterSet:
 
     # -- reading and perturbing elements ---------------------------------------------------
     def flat_values(self, position: int, indices: np.ndarray) -> np.ndarray:
+        self.ensure_promoted()
         flat = self.tensors[position].detach().reshape(-1)
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=flat.device)
         return flat[index].cpu().numpy()
 
     def element_setter(self, position: int) -> Callable[[int, Any], None]:
         """Set one element by flat C-order index, in place (a NumPy view on the CPU)."""
+        self.ensure_promoted()
         data = self.tensors[position].data
         if data.device.type == "cpu" and data.dtype in NUMPY_DTYPES:
             array = data.numpy()
@@ -242,6 +262,7 @@ class TorchParameterSet:
 
     def group_setter(self, position: int) -> Callable[[np.ndarray, np.ndarray], None]:
         """Set several elements (flat C-order indices) at once, in place (fast mode)."""
+        self.ensure_promoted()
         data = self.tensors[position].data
         if data.device.type == "cpu":
             array = data.numpy()
@@ -297,7 +318,7 @@ class TorchParameterSet:
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         numpy_state, python_state = np.random.get_state(), random.getstate()
         modes = self.switch_dropout_off() if not self.options.dropout else []
-        demote = self.promote() if self.options.float64 else None
+        demote = self.promote() if self.needs_promotion() else None
 
         def restore() -> None:
             if demote is not None:
@@ -322,6 +343,27 @@ class TorchParameterSet:
             module.training = False
         return modes
 
+    def needs_promotion(self) -> bool:
+        return self.options.float64 and any(t.dtype != torch.float64 for t in self.tensors)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the result should say about how the check was made."""
+        if not self.needs_promotion():
+            return []
+        return ["checked in float64: the model's low-precision parameters, buffers and "
+                "inputs were promoted for the check and restored afterwards "
+                "(TorchParameters(model, float64=False) checks it as it is)"]
+
+    def ensure_promoted(self) -> None:
+        """Refuse to perturb a model that should be, but is not, promoted."""
+        if self.promoted is None and self.needs_promotion():
+            raise GradCheckError(
+                "float64 promotion happens inside check(), between rng_state() and its undo; "
+                "here it did not (executor=/n_jobs= workers cannot promote): pass "
+                "TorchParameters(model, float64=False) to check the model in its own dtype"
+            )
+
     def promote(self) -> Callable[[], None]:
         """Parameters and floating buffers as float64 copies; returns the undo function.
 
@@ -340,8 +382,10 @@ class TorchParameterSet:
         torch.set_default_dtype(torch.float64)
         mode = Float64Mode()
         mode.__enter__()
+        unpatch = promote_function_inputs()
 
         def demote() -> None:
+            unpatch()
             mode.__exit__(None, None, None)
             torch.set_default_dtype(default)
             for tensor in self.tensors:
@@ -672,7 +716,34 @@ class Float64Mode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         if func in NARROWING_METHODS:  # x.float() stays float64
             return args[0].to(torch.float64)
-        return func(*to_float64(args), **to_float64(kwargs or {}))
+        try:
+            return func(*to_float64(args), **to_float64(kwargs or {}))
+        except Exception as error:
+            note = ("(nbgradcheck: this ran in float64, promoted from the model's dtype; "
+                    "TorchParameters(model, float64=False) checks it as it is)")
+            if hasattr(error, "add_note") and note not in getattr(error, "__notes__", []):
+                error.add_note(note)
+            raise
+
+
+def promote_function_inputs() -> Callable[[], None]:
+    """Make ``autograd.Function.apply`` promote its inputs; returns the undo function.
+
+    A custom Function saves its inputs for backward, which runs outside the torch
+    function mode: a float32 input saved there would meet float64 gradients.
+    """
+    function = torch.autograd.Function
+    original = function.__dict__["apply"]
+
+    def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        return original.__func__(cls, *to_float64(args), **to_float64(kwargs))
+
+    function.apply = classmethod(apply)
+
+    def undo() -> None:
+        function.apply = original
+
+    return undo
 
 
 def to_float64(value: Any) -> Any:
