@@ -276,26 +276,23 @@ def test_seed_leaves_global_rng_states_as_they_were():
 # -- float32 -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("float64", [True, False])
 @pytest.mark.parametrize("seed", range(3))
-def test_float32_correct_model_passes(seed):
+def test_float32_correct_model_passes(seed, float64):
     net, closure = make_net(dtype=torch.float32, seed=seed)
-    result = check(closure, net)
+    before = state_bits(net)
+    result = check(closure, TorchParameters(net, float64=float64))
     assert result.passed, result.table
+    assert result.tensor("fc1.weight").dtype == (np.float64 if float64 else np.float32)
+    assert state_bits(net) == before
 
 
-@pytest.mark.parametrize("seed", range(2))
-def test_float32_correct_model_passes_in_float64(seed):
-    model, closure = make_mlp(sizes=(6, 12, 3), dtype=torch.float32, seed=seed)
-    result = check(closure, TorchParameters(model, float64=True))
-    assert result.verdict == "correct" and result.tensor("0.weight").dtype == np.float64
-
-
+@pytest.mark.parametrize("float64", [True, False])
 @pytest.mark.parametrize("seed", range(3))
-def test_float32_planted_bug_fails_on_its_tensor(seed):
+def test_float32_planted_bug_fails_on_its_tensor(seed, float64):
     net, closure = make_net(bug="element", dtype=torch.float32, seed=seed)
-    result = check(closure, net)
+    result = check(closure, TorchParameters(net, float64=float64))
     assert result.failing == ["fc1.weight"]
-    assert result.tensor("fc1.weight").dtype == np.float32
 
 
 class SmallElementBug(torch.autograd.Function):
@@ -345,7 +342,8 @@ def test_float64_promotion_finds_a_bug_below_the_float32_floor(vectorize):
 
 def test_float32_check_without_promotion_stays_within_its_floor():
     model, closure = small_bug_model()
-    result = check(closure, model)  # 1 % of one element is below float32's resolution
+    # 1 % of one element is below float32's resolution
+    result = check(closure, TorchParameters(model, float64=False))
     assert result.passed
     assert any("round-off floor" in note or "not float64" in note for note in result.notes)
 
@@ -437,6 +435,18 @@ def test_vectorized_bug_found_like_the_loop(monkeypatch):
         assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
             == [(3, 1)]
     assert np.allclose(batched.numeric["weight"], looped.numeric["weight"], rtol=1e-7)
+
+
+def test_vectorized_float32_model_in_float64_equals_its_loop(monkeypatch):
+    calls = spy_on_batches(monkeypatch)
+    model, closure = make_mlp(sizes=(6, 10, 3), dtype=torch.float32)
+    before = state_bits(model)
+    batched = check(closure, model)
+    assert calls and batched.verdict == "correct"
+    looped = check(closure, TorchParameters(model, vectorize=False))
+    for name in batched.names:
+        assert np.allclose(batched.numeric[name], looped.numeric[name], rtol=1e-7, atol=1e-12)
+    assert state_bits(model) == before
 
 
 def test_batched_losses_directly_match_the_loop():
@@ -558,9 +568,9 @@ def test_integer_tensors_are_refused_and_bfloat16_needs_float64():
         check(lambda t: t.sum(), torch.arange(3))
     theta = torch.tensor([0.5, -1.5, 2.0], dtype=torch.bfloat16, requires_grad=True)
     with pytest.raises(ng.ParameterError, match="bfloat16"):
-        check(lambda t: (t**3).sum(), theta)
+        check(lambda t: (t**3).sum(), TorchParameters(theta, float64=False))
     before = state_bits([theta])
-    result = check(lambda t: (t**3).sum(), TorchParameters(theta, float64=True))
+    result = check(lambda t: (t**3).sum(), theta)  # promoted to float64 for the check
     assert result.passed and result.tensor("theta").dtype == np.float64
     assert state_bits([theta]) == before and theta.dtype == torch.bfloat16
 
@@ -568,10 +578,10 @@ def test_integer_tensors_are_refused_and_bfloat16_needs_float64():
 def test_float32_model_is_refused_where_it_cannot_be_promoted():
     model, _ = make_mlp(dtype=torch.float32)
     # outside check() there is no rng_state bracket to promote in (as in n_jobs workers)
-    parameters = torch_parameter_set(TorchParameters(model, float64=True))
+    parameters = torch_parameter_set(model)
     with pytest.raises(ng.GradCheckError, match="float64=False"):
         parameters.element_setter(0)
-    assert torch_parameter_set(model).element_setter(0)
+    assert torch_parameter_set(TorchParameters(model, float64=False)).element_setter(0)
 
 
 def test_tensor_without_requires_grad_needs_grads():
