@@ -5,17 +5,20 @@ sines of a 2,000 × width outer product, the width calibrated at the start) over
 parameters, so a full central check is 4,000 evaluations, about 20 s serially on an idle
 machine. Figures are wall-clock seconds of one full check each:
 
-- serial;
 - ``n_jobs=2`` (the pool is started by the check, so its start-up is included);
 - a ``ProcessPoolExecutor(2)`` and Dask ``LocalCluster``s of 1 and 2 single-threaded
-  worker processes, started (and warmed up with a small check) before the timed run;
-- the per-chunk overhead: a loss costing about a microsecond, checked with one element
+  worker processes, started (and warmed up with a small check) before the timed run,
+  with MALLOC_TRIM_THRESHOLD_ unset in the workers, and once more with Dask's default
+  (it sets it to 65536, which slows every NumPy allocation over 128 KiB);
+- the per-chunk overhead: a loss costing tens of microseconds, checked with one element
   per task, divided by the number of tasks (what the calling process spends per task).
 
-Every parallel result is compared with the serial one (bit-identical numbers). Other
-processes loading the machine slow the parallel runs most: compare with `uptime`.
+Each parallel check is timed right after a serial one and compared with it (bit-identical
+numbers); the speed-up is the ratio of the two. Other processes loading the machine cut
+the speed-up: each line shows the load average, and the "hardware ceiling" (two plain
+processes evaluating the loss against one, no nbgradcheck) shows what the cores allow.
 
-Run: python benchmarks/bench_parallel.py            (about 2 minutes)
+Run: python benchmarks/bench_parallel.py            (about 5 minutes on an idle machine)
      python benchmarks/bench_parallel.py --quick    (400 parameters, for a smoke test)
 """
 
@@ -80,11 +83,18 @@ def calibrated_width(n_parameters: int) -> int:
     return max(1, round(probe * TARGET_SECONDS / seconds))
 
 
-def dask_cluster(workers: int) -> tuple[Any, Any]:
+def dask_cluster(workers: int, trim_memory: bool = False) -> tuple[Any, Any]:
+    """A LocalCluster of single-threaded worker processes. Dask starts its workers with
+    MALLOC_TRIM_THRESHOLD_=65536, which makes glibc map and unmap every array over 128 KiB
+    (this loss allocates 2.4 MB per evaluation); ``trim_memory=False`` unsets it."""
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    environ = {} if trim_memory else {"MALLOC_TRIM_THRESHOLD_": None}
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{key}": value
+                          for key, value in environ.items()}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")
     return cluster, Client(cluster)
 
 
@@ -94,6 +104,21 @@ def warm(executor: Any) -> None:
     ng.check(loss, params, grads, mode="full", progress=False, executor=executor)
 
 
+class Timings:
+    """Each parallel check is timed right after a serial one, so that both see the same
+    load from other processes; the speed-up is their ratio."""
+
+    def __init__(self, loss: Callable, params: dict, grads: dict) -> None:
+        self.problem = loss, params, grads
+
+    def compare(self, label: str, **options: Any) -> None:
+        serial_s, serial = timed_check(*self.problem)
+        seconds, result = timed_check(*self.problem, **options)
+        assert same_numbers(serial, result), f"{label}: results differ from the serial check"
+        print(f"{label:<40}{seconds:7.1f} s   serial {serial_s:5.1f} s   speed-up "
+              f"{serial_s / seconds:4.2f}×   (load {os.getloadavg()[0]:.1f})")
+
+
 def run_speedups(n_parameters: int, workers: list[int]) -> None:
     width = calibrated_width(2000)
     loss, params, grads = sine_problem(n_parameters, width)
@@ -101,27 +126,42 @@ def run_speedups(n_parameters: int, workers: list[int]) -> None:
     wall = seconds_per_evaluation(loss, params, clock=time.perf_counter)
     print(f"loss: {cpu * 1e3:.1f} ms CPU ({wall * 1e3:.1f} ms wall) per evaluation (width "
           f"{width}), {n_parameters:,} parameters, {2 * n_parameters + 2:,} evaluations")
-    serial_s, serial = timed_check(loss, params, grads)
-    print(f"{'serial':<34}{serial_s:8.1f} s{'':19}(load {os.getloadavg()[0]:.1f})")
-
-    def report(label: str, seconds: float, result: Any) -> None:
-        assert same_numbers(serial, result), f"{label}: results differ from the serial check"
-        print(f"{label:<34}{seconds:8.1f} s   speed-up {serial_s / seconds:4.2f}×   "
-              f"(load {os.getloadavg()[0]:.1f})")
-
-    report("n_jobs=2 (pool start-up included)", *timed_check(loss, params, grads, n_jobs=2))
+    print(f"hardware ceiling now: two processes evaluate the loss "
+          f"{hardware_ceiling((n_parameters, width)):.2f}× as fast as one")
+    timings = Timings(loss, params, grads)
+    timings.compare("n_jobs=2 (pool start-up included)", n_jobs=2)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=parallel.process_context()) as pool:
         warm(pool)
-        report("ProcessPoolExecutor(2)", *timed_check(loss, params, grads, executor=pool))
-    for count in workers:
-        cluster, client = dask_cluster(count)
+        timings.compare("ProcessPoolExecutor(2)", executor=pool)
+    for count, trim_memory in [(count, False) for count in workers] + [(max(workers), True)]:
+        cluster, client = dask_cluster(count, trim_memory)
         try:
             warm(client)
-            report(f"Dask LocalCluster, {count} worker{'s' * (count > 1)}",
-                   *timed_check(loss, params, grads, executor=client))
+            label = f"Dask LocalCluster, {count} worker{'s' * (count > 1)}"
+            timings.compare(label + (" (Dask's malloc trim)" if trim_memory else ""),
+                            executor=client)
         finally:
             client.close()
             cluster.close()
+
+
+def loss_loop(problem: tuple[int, int], repeat: int = 200) -> float:
+    """Seconds for ``repeat`` evaluations of the sine loss (in a worker process)."""
+    loss, params, _ = sine_problem(*problem)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        loss(params)
+    return time.perf_counter() - started
+
+
+def hardware_ceiling(problem: tuple[int, int]) -> float:
+    """How much more loss throughput two processes get than one, right now: the most any
+    two-worker check can gain on this machine under its current load."""
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=parallel.process_context()) as pool:
+        list(pool.map(loss_loop, [problem] * 2, [5] * 2))  # start both
+        alone = pool.submit(loss_loop, problem).result()
+        together = max(pool.map(loss_loop, [problem] * 2))
+    return 2 * alone / together
 
 
 def run_chunk_overhead(n_parameters: int) -> None:
@@ -160,6 +200,7 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
     run_speedups(n_parameters, arguments.workers)
     run_chunk_overhead(200 if arguments.quick else 1000)
+    print(f"hardware ceiling at the end: {hardware_ceiling((2000, 100)):.2f}×")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

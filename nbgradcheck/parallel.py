@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import sys
 import threading
 import traceback
 import uuid
@@ -129,12 +130,31 @@ def import_cloudpickle() -> Any:
 
 
 def pickled_loss(loss: Callable[..., Any], params: Any) -> bytes:
-    """``(loss, params)`` pickled together, or an error naming what cannot be pickled."""
+    """``(loss, params)`` pickled together (after the settings they need to unpickle),
+    or an error naming what cannot be pickled."""
     cloudpickle = import_cloudpickle()
     try:
-        return cloudpickle.dumps((loss, params), protocol=pickle.HIGHEST_PROTOCOL)
+        data = cloudpickle.dumps((loss, params), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as error:
         raise UnpicklableLossError(unpicklable_message(loss, params, error)) from error
+    return pickle.dumps((framework_settings(), data), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def framework_settings() -> dict[str, Any]:
+    """Process-wide switches the loss was written under, which do not travel with it:
+    JAX's float64 mode (float64 arrays unpickled without it become float32)."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return {}
+    return {"jax_enable_x64": bool(jax.config.read("jax_enable_x64"))}
+
+
+def apply_settings(settings: dict[str, Any]) -> None:
+    """In a worker: the calling process's switches (see :func:`framework_settings`)."""
+    if "jax_enable_x64" in settings:
+        import jax
+
+        jax.config.update("jax_enable_x64", settings["jax_enable_x64"])
 
 
 def unpicklable_message(loss: Callable[..., Any], params: Any, error: Exception) -> str:
@@ -657,7 +677,9 @@ def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
 
     global payload_loads
     payload_loads += 1
-    loss, params = pickle.loads(data)
+    settings, pickled = pickle.loads(data)
+    apply_settings(settings)
+    loss, params = pickle.loads(pickled)
     parameters = parameter_set(params)
     parameters.rng_state()  # the set-up the check brackets itself with (dropout off, ...)
     copies[token] = WorkerCopy(loss, parameters, takes_argument(loss))

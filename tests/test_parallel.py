@@ -32,7 +32,7 @@ TENSOR_FIELDS = ("indices", "values", "analytic", "numeric", "step", "loss_plus"
 def dask_client():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -324,6 +324,26 @@ def test_a_torch_module_and_closure_are_bit_identical(dask_client, vectorize):
     assert serial.passed
     assert_same_result(serial, ng.check(closure, params, None, mode="full",
                                         executor=dask_client))
+
+
+def test_jax_in_float64_mode_is_bit_identical(process_pool):
+    jax = pytest.importorskip("jax")
+    saved = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)  # the workers must compute in float64 too
+    try:
+        rng = np.random.default_rng(2)
+        params = {"W": jax.numpy.asarray(rng.normal(size=(4, 3))), "b": jax.numpy.zeros(3)}
+        X = jax.numpy.asarray(rng.normal(size=(5, 4)))
+
+        def loss(p):
+            return jax.numpy.sum(jax.numpy.tanh(X @ p["W"] + p["b"]) ** 2)
+
+        serial = ng.check(loss, params, None, mode="full")
+        assert serial.passed
+        assert_same_result(serial, ng.check(loss, params, None, mode="full",
+                                            executor=process_pool))
+    finally:
+        jax.config.update("jax_enable_x64", saved)
 
 
 def test_chunks_hold_whole_progress_ticks_and_balance_the_workers():
