@@ -113,7 +113,7 @@ def test_correct_pytree_passes_with_key_path_names_and_is_untouched():
 def test_custom_vjp_element_bug_found_on_exactly_its_element(bug):
     bug["kind"] = "element"
     params, loss = network()
-    result = check(loss, JaxParameters(params, float64=True))
+    result = check(loss, params)  # float32 leaves, checked in float64
     assert result.failing == ["hidden.w"]
     tensor = result.tensor("hidden.w")
     assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
@@ -123,8 +123,9 @@ def test_custom_vjp_element_bug_found_on_exactly_its_element(bug):
 def test_custom_vjp_missing_derivative_fails_in_float32(bug):
     bug["kind"] = "missing_derivative"
     params, loss = network()
-    result = check(loss, params)
+    result = check(loss, JaxParameters(params, float64=False))
     assert result.failing == ["hidden.w"]
+    assert result.tensor("hidden.w").dtype == np.float32
 
 
 def test_flat_dict_single_array_and_tuple_return():
@@ -160,19 +161,20 @@ def test_wrong_gradient_structure_is_explained():
 # -- float32 and float64 -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_float32_correct_passes_and_planted_bug_fails(seed, bug):
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("float64", [True, False])
+def test_float32_correct_passes_and_planted_bug_fails(seed, float64, bug):
     params, loss = network(seed=seed)
-    assert check(loss, params).passed
+    assert check(loss, JaxParameters(params, float64=float64)).passed
     bug["kind"] = "element"
-    result = check(loss, params)
+    result = check(loss, JaxParameters(params, float64=float64))
     assert result.failing == ["hidden.w"]
 
 
-def test_float64_option_checks_in_float64_and_restores_x64():
+def test_float32_leaves_are_checked_in_float64_and_x64_restored():
     params, loss = network()
     x64_before = jax.config.jax_enable_x64
-    result = check(loss, JaxParameters(params, float64=True))
+    result = check(loss, params)
     assert result.verdict == "correct" and result.difference < 1e-7
     assert all(result.tensor(name).dtype == np.float64 for name in result.names)
     assert jax.config.jax_enable_x64 == x64_before
@@ -206,9 +208,9 @@ def test_vectorized_equals_looped(monkeypatch):
     monkeypatch.setattr(adapter.JaxParameterSet, "vmapped_losses",
                         lambda self, *a: calls.append(a[0]) or original(self, *a))
     params, loss = network()
-    batched = check(loss, JaxParameters(params, float64=True))
+    batched = check(loss, params)
     assert calls
-    looped = check(loss, JaxParameters(params, float64=True, vectorize=False))
+    looped = check(loss, JaxParameters(params, vectorize=False))
     assert list(batched.table["verdict"]) == list(looped.table["verdict"])
     for name in batched.names:
         np.testing.assert_allclose(batched.numeric[name], looped.numeric[name], rtol=1e-7,
@@ -217,7 +219,7 @@ def test_vectorized_equals_looped(monkeypatch):
 
 def test_batched_losses_directly_match_the_loop():
     params, loss = network()
-    parameters = jax_parameter_set(JaxParameters(params))
+    parameters = jax_parameter_set(JaxParameters(params, float64=False))
     parameters.bind_loss(loss, True)
     indices = np.arange(24)
     values = parameters.flat_values(1, indices) + np.linspace(-0.3, 0.3, 24,
@@ -235,7 +237,7 @@ def test_loss_vmap_cannot_trace_falls_back_to_the_loop():
         return total if float(total) > 0 else -total  # Python control flow on a value
 
     params = {"w": jnp.linspace(-1.0, 1.0, 40)}
-    parameters = jax_parameter_set(params)
+    parameters = jax_parameter_set(JaxParameters(params, float64=False))
     parameters.bind_loss(loss, True)
     indices = np.arange(40)
     values = parameters.flat_values(0, indices) + np.float32(1e-2)
@@ -311,7 +313,7 @@ def test_fast_mode_localizes_a_single_wrong_element():
 
     grads = jax.grad(loss)(params)
     grads["w"] = grads["w"].at[7, 11].add(0.3 * jnp.abs(grads["w"]).max())
-    result = check(loss, JaxParameters(params, float64=True), grads, mode="fast", seed=0)
+    result = check(loss, params, grads, mode="fast", seed=0)
     assert result.failing == ["w"]
     tensor = result.tensor("w")
     assert (7, 11) in [tensor.multi_index(int(i))

@@ -14,9 +14,11 @@ Leaf names are key paths joined by dots (``layer1.w``, ``0.b``); a bare array is
 cannot trace (Python control flow on values, ``float(x)``) is evaluated one element at a
 time instead.
 
-float64: leaves that are float64 (or all leaves, with ``JaxParameters(params,
-float64=True)``) are checked with ``jax_enable_x64`` switched on for the duration of the
-check and restored afterwards.
+float64: low-precision leaves are checked in float64 by default (the working copies are
+float64, and JAX's type promotion carries the loss to float64), with ``jax_enable_x64``
+switched on for the duration of the check and restored afterwards; in float32 a wrong
+element is visible only above the round-off floor. ``JaxParameters(params,
+float64=False)`` checks the leaves in their own dtype.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 class JaxParameters(Mapping):
     """A pytree of parameters with options for the check.
 
-    ``float64=True`` checks float32 leaves in float64 (``jax_enable_x64`` on for the
-    check, restored afterwards); the loss then receives float64 leaves, and JAX's type
-    promotion carries the whole computation to float64. ``vectorize=False`` forces the
-    element-by-element loop.
+    ``float64=True`` (the default) checks float32 and float16 leaves in float64
+    (``jax_enable_x64`` on for the check, restored afterwards): the loss receives float64
+    leaves, and JAX's type promotion carries the whole computation to float64.
+    ``float64=False`` checks them in their own dtype, with round-off-aware verdicts.
+    ``vectorize=False`` forces the element-by-element loop.
     """
 
-    def __init__(self, params: Any, *, float64: bool = False, vectorize: bool = True) -> None:
+    def __init__(self, params: Any, *, float64: bool = True, vectorize: bool = True) -> None:
         self.params = params
         self.float64 = float64
         self.vectorize = vectorize
