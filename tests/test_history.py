@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 from training_runs import deep_linear_run, xor_run
@@ -300,7 +301,7 @@ def test_auto_mode_outside_a_kernel_is_text():
 
 @pytest.fixture(scope="module")
 def ip():
-    return start_ipython()
+    return start_ipython() or get_ipython()
 
 
 def test_live_display_updates_one_display_in_a_real_ipython_shell(ip):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
@@ -17,7 +18,7 @@ PLATEAU = np.concatenate([np.linspace(2.0, 1.0, 30), np.full(40, 1.0) + 1e-4 *
 
 @pytest.fixture(scope="module")
 def ip():
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()
     shell.run_line_magic("load_ext", "nbgradcheck")
     yield shell
     shell.run_line_magic("unload_ext", "nbgradcheck")

@@ -689,9 +689,10 @@ def test_tables_and_heatmaps_work_on_torch_results():
 
 def test_gradcheck_magic_with_a_module():
     pytest.importorskip("IPython")
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()
     model, closure = make_mlp()
     ip.run_line_magic("load_ext", "nbgradcheck.notebook.magics")
     if framework_of(model) != "torch":
