@@ -70,7 +70,7 @@ class CheckSetup:
 def check(
     loss: Callable[..., Any],
     params: Any,
-    grads: Any,
+    grads: Any = None,
     *,
     eps: float | str | None = None,
     method: str = "central",
@@ -91,7 +91,8 @@ def check(
             Perturbed in place and restored exactly.
         grads: the analytic gradient in the same structure (dict keys ``W1`` or
             ``dW1``; extra keys such as ``dZ1`` are ignored), or a callable returning
-            it, evaluated once at the unperturbed parameters.
+            it, evaluated once at the unperturbed parameters. Leave it out for PyTorch
+            and JAX parameters: autograd / ``jax.grad`` of the loss gives it.
         eps: step size; ``"auto"`` scales it to each element's magnitude and the
             dtype. Default: 1e-6 for float64, ``"auto"`` for lower precision, 1e-20
             for ``method="complex"``.

@@ -35,3 +35,20 @@ def test_readme_opens_with_the_commands_ci_runs():
     assert commands[0].endswith("python -m nbgradcheck demo")
     test_command = commands[1].split("&& ", 2)[2]  # after creating and activating the venv
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_framework_dispatch_sees_user_subclasses_without_importing_frameworks():
+    from nbgradcheck.adapters import framework_of
+
+    class FakeModule:  # stands in for a class whose base lives in torch
+        pass
+
+    FakeModule.__module__ = "torch.nn.modules.module"
+
+    class UserNet(FakeModule):
+        pass
+
+    UserNet.__module__ = "__main__"
+    assert framework_of(UserNet()) == "torch"
+    assert framework_of({"W1": UserNet()}) == "torch"
+    assert framework_of({"W1": [1.0]}) == "numpy"

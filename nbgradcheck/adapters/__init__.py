@@ -14,12 +14,26 @@ from ..params import ParameterSet
 
 
 def framework_of(params: Any) -> str:
-    """'torch', 'jax' or 'numpy', judged by the type of the parameters (no imports)."""
+    """'torch', 'jax' or 'numpy', judged by the types of the parameters (no imports).
+
+    The whole class hierarchy counts, so a user's ``class Net(nn.Module)`` defined in a
+    notebook is recognised as torch, and so are the adapters' own option wrappers.
+    """
     for value in sample_values(params):
-        module = type(value).__module__ or ""
-        for framework in ("torch", "jax"):
-            if module == framework or module.startswith((framework + ".", framework + "lib")):
+        for cls in type(value).__mro__:
+            framework = framework_of_module(cls.__module__ or "")
+            if framework != "numpy":
                 return framework
+    return "numpy"
+
+
+def framework_of_module(module: str) -> str:
+    for framework in ("torch", "jax"):
+        own_adapter = f"{__name__}.{framework}"
+        if module in (framework, own_adapter) or module.startswith(
+            (framework + ".", framework + "lib", own_adapter + ".")
+        ):
+            return framework
     return "numpy"
 
 
