@@ -207,7 +207,13 @@ def test_vectorized_equals_looped(monkeypatch):
     original = adapter.JaxParameterSet.vmapped_losses
     monkeypatch.setattr(adapter.JaxParameterSet, "vmapped_losses",
                         lambda self, *a: calls.append(a[0]) or original(self, *a))
-    params, loss = network()
+    rng = np.random.default_rng(3)
+    params = {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), "b": jnp.zeros(5)}
+    x = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+
+    def loss(p):
+        return jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
+
     batched = check(loss, params)
     assert calls
     looped = check(loss, JaxParameters(params, vectorize=False))
