@@ -350,7 +350,7 @@ class TorchParameterSet:
     @property
     def notes(self) -> list[str]:
         """What the result should say about how the check was made."""
-        if not self.needs_promotion():
+        if self.promoted is None:
             return []
         return ["checked in float64: the model's low-precision parameters, buffers and "
                 "inputs were promoted for the check and restored afterwards "
