@@ -171,6 +171,17 @@ class JaxParameterSet:
     def dtypes(self) -> list[np.dtype]:
         return [a.dtype for a in self.arrays]
 
+    @property
+    def notes(self) -> list[str]:
+        """What the result should say about how the check was made."""
+        promoted = [n for n, leaf, a in zip(self.names, self.leaves, self.arrays)
+                    if np.asarray(leaf).dtype != a.dtype]
+        if not promoted:
+            return []
+        return [f"checked in float64: {', '.join(promoted[:3])}"
+                f"{', ...' if len(promoted) > 3 else ''} promoted for the check "
+                f"(JaxParameters(params, float64=False) checks them in their own dtype)"]
+
     def needs_x64(self) -> bool:
         return any(a.dtype == np.float64 for a in self.arrays)
 
