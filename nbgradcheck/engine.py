@@ -37,6 +37,9 @@ MODES = ("full", "sample")
 DEFAULT_EPS = 1e-6
 DEFAULT_COMPLEX_EPS = 1e-20
 DEFAULT_SAMPLE = 10
+# A batched call (adapters with batched_losses) gets at least this many elements: a vmap
+# call has a fixed cost that only many elements repay; the adapter bounds the memory.
+BATCH_ELEMENTS = 1024
 # Round-off in J grows with the number of operations; this many unit round-offs of |J|
 # is taken as the error of one loss evaluation when computing the noise floor.
 NOISE_FACTOR = 8.0
@@ -262,6 +265,9 @@ def prepare(loss: Callable[..., Any], parameters: ParameterSet, grads: Any,
             seed: int | None, snapshot: list[np.ndarray]) -> CheckSetup:
     """Evaluate J twice (randomness, NaN, mutation checks) and fetch the gradients."""
     pass_argument = takes_argument(loss)
+    bind_loss = getattr(parameters, "bind_loss", None)
+    if bind_loss is not None:  # framework adapters evaluate perturbations in batches
+        bind_loss(loss, pass_argument)
     if seed is not None:
         parameters.reseed(seed)
     fingerprint = rng_fingerprint(parameters)
@@ -281,11 +287,12 @@ def prepare(loss: Callable[..., Any], parameters: ParameterSet, grads: Any,
                 f"the loss is {value} at the unperturbed parameters: fix the forward pass "
                 f"(log of 0? overflow in exp?) before checking gradients"
             )
-    reject_random_loss(first, second, seed)
+    reject_random_loss(first, second, seed, getattr(parameters, "randomness_hint", ""))
     unit_roundoff = computation_roundoff(parameters, loss_dtype(raw_first))
     analytic, ignored = gradients_at_start(grads, loss, pass_argument, parameters, seed,
                                            snapshot)
     notes = [f"ignored gradient keys: {', '.join(ignored)}"] if ignored else []
+    notes += getattr(parameters, "notes", [])
     return CheckSetup(parameters, analytic, evaluate, first, unit_roundoff, seconds, notes)
 
 
@@ -300,7 +307,8 @@ def reject_complex_loss(value: Any) -> None:
         raise LossError("the loss returned a complex number for real parameters")
 
 
-def reject_random_loss(first: float, second: float, seed: int | None) -> None:
+def reject_random_loss(first: float, second: float, seed: int | None,
+                       hint: str = "") -> None:
     """Raise RandomLossError when two evaluations at the same point disagree."""
     if first == second or abs(first - second) <= 4 * np.finfo(float).eps * abs(first):
         return
@@ -309,7 +317,7 @@ def reject_random_loss(first: float, second: float, seed: int | None) -> None:
             f"the loss returned {first!r} and then {second!r} at the same parameters: it "
             f"is random (dropout, data augmentation, minibatch sampling?). Pass seed=0 to "
             f"re-seed NumPy's RNG before every evaluation (this checks the dropout "
-            f"gradient too), or switch the randomness off for the check."
+            f"gradient too), or switch the randomness off for the check.{hint}"
         )
     raise RandomLossError(
         f"the loss returned {first!r} and then {second!r} at the same parameters even "
@@ -605,7 +613,7 @@ def run_tensor(plan: TensorPlan, setup: CheckSetup, method: str, evaluator: Any,
                                complex_copy), indices, shifted, original, outputs[0],
                                tick, chunk)
         elif batched is not None:
-            evaluate_batched(batched, plan, method, outputs, tick, chunk)
+            evaluate_batched(batched, plan, method, outputs, tick, max(chunk, BATCH_ELEMENTS))
         elif method == "central":
             evaluate_two_sided(set_element, setup.evaluate, indices, plan.plus.tolist(),
                                plan.minus.tolist(), original, outputs[0], outputs[1],

@@ -7,7 +7,7 @@ framework, so ``import nbgradcheck`` needs neither.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..params import ParameterSet
@@ -37,18 +37,26 @@ def framework_of_module(module: str) -> str:
     return "numpy"
 
 
-def sample_values(params: Any) -> list[Any]:
-    """The object itself and its first-level values, enough to recognise a framework."""
+def sample_values(params: Any, depth: int = 3) -> list[Any]:
+    """The object and the values nested in it (a few levels: JAX pytrees nest)."""
     values = [params]
+    if depth == 0:
+        return values
     if isinstance(params, Mapping):
-        values += list(params.values())
+        children = list(params.values())
     elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
-        values += list(params)
+        children = list(params)
+    else:
+        return values
+    for child in children:
+        values += sample_values(child, depth - 1)
     return values
 
 
 def parameter_set(params: Any) -> Any:
     """The engine's view of ``params`` for the framework they belong to."""
+    if isinstance(params, Iterator):  # model.parameters(): a generator
+        params = list(params)
     framework = framework_of(params)
     if framework == "torch":
         from .torch import torch_parameter_set
