@@ -33,7 +33,7 @@ from .progress import Progress, chunk_size, should_show
 from .result import GradCheckResult, TensorCheck
 
 METHODS = ("central", "forward", "backward", "complex")
-MODES = ("full", "sample")
+MODES = ("full", "sample", "fast", "auto")
 DEFAULT_EPS = 1e-6
 DEFAULT_COMPLEX_EPS = 1e-20
 DEFAULT_SAMPLE = 10
@@ -77,7 +77,7 @@ def check(
     *,
     eps: float | str | None = None,
     method: str = "central",
-    mode: str = "full",
+    mode: str = "auto",
     sample: int | None = None,
     tol: float = 1e-5,
     seed: int | None = None,
@@ -101,7 +101,11 @@ def check(
             for ``method="complex"``.
         method: ``"central"``, ``"forward"``, ``"backward"`` or ``"complex"``.
         mode: ``"full"`` checks every element; ``"sample"`` checks ``sample``
-            elements (default 10) of every tensor, spread over the tensor.
+            elements (default 10) of every tensor, spread over the tensor;
+            ``"fast"`` tests each tensor along random-sign directions and localizes
+            the wrong elements of failing tensors by group testing (see
+            :mod:`nbgradcheck.localize`); ``"auto"`` (default) is full when 2n
+            evaluations would take at most 10 s, else fast.
         tol: the largest relative difference that passes.
         seed: re-seed NumPy's and Python's global RNGs before every evaluation, so a
             loss with dropout repeats its masks (and the dropout gradient is checked);
@@ -152,6 +156,9 @@ def validate_options(loss: Any, method: str, mode: str, sample: Any, tol: Any, e
         raise GradCheckError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if mode not in MODES:
         raise GradCheckError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode == "fast" and method == "complex":
+        raise GradCheckError("mode='fast' needs real steps: use method='central' (or "
+                             "'forward'/'backward') with it, or mode='full' for 'complex'")
     if sample is not None:
         if mode != "sample":
             raise GradCheckError(f"sample={sample!r} needs mode='sample'")
@@ -489,8 +496,13 @@ def plan_tensors(setup: CheckSetup, eps: float | str, method: str, mode: str,
 def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | None,
               method: str, mode: str, sample: int | None, tol: float, seed: int | None,
               progress: bool | None) -> GradCheckResult:
+    from .localize import choose_mode, fast_check, probe_repeatability
+
     notes = list(setup.notes)
     eps = resolve_eps(eps, method, setup.params, notes)
+    mode = choose_mode(mode, method, setup, notes)
+    if mode == "fast":
+        return fast_check(setup, eps, method, tol, seed, progress, notes)
     plans = plan_tensors(setup, eps, method, mode, sample, seed)
     total = sum(p.indices.size for p in plans)
     per_element = setup.seconds_per_evaluation * (2 if method == "central" else 1)
@@ -519,6 +531,7 @@ def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | No
             tensors.append(tensor)
     finally:
         bar.close()
+    evaluations += probe_repeatability(tensors, setup) if complete else 0
     notes += result_notes(tensors, setup, method)
     return GradCheckResult(tensors, method, eps, mode, tol, evaluations, setup.loss_value,
                            complete=complete, notes=notes)

@@ -67,6 +67,11 @@ class TensorCheck:
     analytic_full: np.ndarray  # the whole analytic gradient, for diagnosis
     tol: float
     refined: int = 0  # elements whose estimate was replaced by one with a smaller step
+    # fast mode: the whole-tensor directional tests and localization record
+    # (localize.DirectionalTests); None in full and sample mode
+    directional: Any = None
+    # False when J re-evaluated at the unperturbed parameters differed (a random loss)
+    repeatable: bool | None = None
 
     @property
     def size(self) -> int:
@@ -104,25 +109,64 @@ class TensorCheck:
         self.refined += int(np.count_nonzero(take))
 
     @property
-    def difference(self) -> float:
+    def element_difference(self) -> float:
+        """Relative difference over the elements checked one by one."""
         mask = self.counted
         if not mask.any():
             return float("nan")
         return relative_difference(self.numeric[mask], self.analytic[mask])
 
     @property
-    def floor(self) -> float:
-        """The relative difference round-off alone could produce."""
+    def tested_along_directions(self) -> bool:
+        """Fast mode tested this tensor along whole-tensor directions (not one by one)."""
+        return self.directional is not None and len(self.directional.tests) > 0
+
+    @property
+    def difference(self) -> float:
+        """Relative difference over the counted elements. In fast mode the larger of the
+        ones over the whole-tensor directional tests and over the elements sampled at
+        random: unbiased estimates of the same quantity (the elements localization
+        checked were picked for looking wrong)."""
+        if self.tested_along_directions:
+            sample = self.directional.sample_difference(self)[0]
+            return float(np.nanmax([self.directional.difference, sample]))
+        return self.element_difference
+
+    @property
+    def element_floor(self) -> float:
+        """The relative difference round-off alone could produce, element-wise."""
         mask = self.counted
         scale = np.linalg.norm(self.numeric[mask]) + np.linalg.norm(self.analytic[mask])
         return float(np.linalg.norm(self.noise[mask]) / scale) if scale > 0 else 0.0
 
     @property
+    def floor(self) -> float:
+        """The relative difference round-off alone could produce."""
+        if self.tested_along_directions:
+            return max(self.directional.floor, self.directional.sample_difference(self)[1])
+        return self.element_floor
+
+    @property
+    def diagnosis(self) -> Any:
+        """A :class:`~nbgradcheck.diagnose.Diagnosis` of this tensor's numbers."""
+        from .diagnose import diagnose
+
+        return diagnose(self)
+
+    @property
     def verdict(self) -> str:
-        return verdict_for(self.difference, self.floor)
+        verdict = verdict_for(self.difference, self.floor)
+        if self.tested_along_directions and verdict in ("suspicious", "wrong") and self.passed:
+            return "ok"  # fast mode: within the directional tests' round-off floor
+        return verdict
 
     @property
     def passed(self) -> bool:
+        """Within tol (or the round-off floor); in fast mode, the whole-tensor
+        directional tests together and the random sample (see
+        localize.DirectionalTests.passed_with)."""
+        if self.tested_along_directions:
+            return self.directional.passed_with(self)
         difference = self.difference
         return bool(np.isnan(difference) or difference <= max(self.tol, self.floor_excuse))
 
@@ -164,6 +208,7 @@ class TensorCheck:
             "kinks": int((self.kink & evaluated).sum()),
             "floor": self.floor,
             "verdict": self.verdict,
+            "diagnosis": self.diagnosis.label,
         }
 
     def elements_frame(self) -> pd.DataFrame:
@@ -211,15 +256,30 @@ class GradCheckResult(ResultViews):
         analytic = np.concatenate([t.analytic[t.counted] for t in self.tensors])
         return numeric, analytic
 
+    def _measurements(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Numeric, analytic and noise behind the verdicts: the counted elements, or in
+        fast mode a tensor's whole-tensor directional tests and random sample."""
+        parts = []
+        for t in self.tensors:
+            if t.tested_along_directions:
+                record, mask = t.directional, t.directional.unbiased
+                parts.append((record.numeric[mask], record.analytic[mask], record.noise[mask]))
+                sample = record.sample_mask(t)
+                parts.append((t.numeric[sample], t.analytic[sample], t.noise[sample]))
+            else:
+                parts.append((t.numeric[t.counted], t.analytic[t.counted], t.noise[t.counted]))
+        numeric, analytic, noise = (np.concatenate(column) for column in zip(*parts))
+        return numeric, analytic, noise
+
     @property
     def difference(self) -> float:
-        numeric, analytic = self._counted()
+        """Over all checked elements (in fast mode: and directional tests)."""
+        numeric, analytic, _ = self._measurements()
         return relative_difference(numeric, analytic) if numeric.size else float("nan")
 
     @property
     def floor(self) -> float:
-        numeric, analytic = self._counted()
-        noise = np.concatenate([t.noise[t.counted] for t in self.tensors])
+        numeric, analytic, noise = self._measurements()
         scale = np.linalg.norm(numeric) + np.linalg.norm(analytic)
         return float(np.linalg.norm(noise) / scale) if scale > 0 else 0.0
 
@@ -243,6 +303,21 @@ class GradCheckResult(ResultViews):
     @property
     def n_parameters(self) -> int:
         return sum(t.size for t in self.tensors)
+
+    @property
+    def diagnoses(self) -> dict[str, Any]:
+        """Parameter name → :class:`~nbgradcheck.diagnose.Diagnosis`, for every failing
+        tensor and for passing ones with something to say (kinks, round-off); a tensor
+        with nothing to report is left out."""
+        found = {t.name: t.diagnosis for t in self.tensors}
+        return {name: d for name, d in found.items() if d.kind != "ok"}
+
+    @property
+    def diagnosis(self) -> Any:
+        """One :class:`~nbgradcheck.diagnose.Diagnosis` for the whole check."""
+        from .diagnose import diagnose_result
+
+        return diagnose_result(self.diagnoses, self.failing, self.complete)
 
     # -- views of the numbers -------------------------------------------------------
     @property
@@ -306,15 +381,21 @@ class GradCheckResult(ResultViews):
     def summary(self) -> str:
         status = "PASSED" if self.passed else "FAILED" if self.failing else "INCOMPLETE"
         step = f"eps={self.eps:g}" if isinstance(self.eps, float) else f"eps={self.eps}"
+        covered = f"{self.n_checked} of {self.n_parameters} elements"
+        if self.mode == "fast":
+            covered = (f"fast: {self.n_parameters} elements in directional tests, "
+                       f"{self.n_checked} one by one")
         line = (
             f"Gradient check {status}: {self.verdict} (global relative difference "
-            f"{self.difference:.2e}; {self.n_checked} of {self.n_parameters} elements, "
+            f"{self.difference:.2e}; {covered}, "
             f"{self.method}, {step}, {self.n_evaluations} loss evaluations)"
         )
         if not self.complete:
             line += "\nINCOMPLETE: interrupted; the numbers cover the elements checked so far"
         if self.failing:
             line += f"\nfailing: {', '.join(self.failing)}"
+            diagnoses = self.diagnoses
+            line += "".join(f"\n{name}: {diagnoses[name].sentence}" for name in self.failing)
         return line
 
     def __repr__(self) -> str:

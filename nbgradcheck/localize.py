@@ -1,0 +1,779 @@
+"""Fast mode: directional checks along random-sign directions, and adaptive group testing
+that finds the wrong elements (pure NumPy, no IPython).
+
+For each tensor:
+
+1. **Screen.** Up to ``DIRECTIONS`` whole-tensor tests. A test draws random signs s and
+   perturbs every element at once by its own step: δ = s ⊙ step. It compares the
+   numeric directional change J(θ+δ) − J(θ−δ) with the analytic one g·h, h = (θ+δ) −
+   (θ−δ) as rounded to the dtype, both divided by ‖h‖ (derivatives along a unit vector,
+   comparable with element-wise ones). Two evaluations per test. A failing test is
+   repeated with smaller steps: truncation (curvature, kinks crossed by the long step)
+   shrinks with the step, and the change between two steps bounds it; a wrong
+   gradient's discrepancy does not shrink. Tensors of at most ``DIRECTIONS`` elements
+   are checked element by element instead (cheaper, exact).
+2. **Sample.** A failing tensor gets ``SAMPLE_ELEMENTS`` element-wise checks spread over
+   it (plus their transposition partners, for the diagnosis). When many of them fail the
+   bug is dense (a scale, a transpose): localizing it would cost more than it tells.
+3. **Localize.** Otherwise adaptive group testing: split the candidates into halves, test
+   each half with up to ``HALF_DIRECTIONS`` random-sign directions restricted to it,
+   recurse into halves that fail, and check the elements of groups of at most
+   ``LEAF_SIZE`` one by one (the engine's element checks, refinement included). Halves
+   are contiguous in C order, so a wrong row is isolated quickly.
+4. **Verify.** The analytic gradient, corrected at the wrong elements found, is tested
+   again along ``DIRECTIONS`` fresh whole-tensor directions; a failure starts another
+   round of localization (at most ``MAX_ROUNDS``).
+
+Single tests decide where to look. The verdict on a tensor uses unbiased measurements
+only, judged as a full check judges a whole tensor: the relative difference over its
+whole-tensor tests (the model's own gradient against the numeric values, within
+``FLOOR_SLACK`` times their round-off floor), and over the elements sampled at random.
+The elements localization checked say where, not whether: they were picked for looking
+wrong, and in float32 those are often elements whose steps straddle kinks.
+
+False negatives. Write e = analytic − true gradient. A test sees Σ eᵢ·hᵢ·sᵢ. If the group
+holds one wrong element the test sees |eᵢhᵢ| whatever the signs: it cannot miss it.
+Otherwise flipping the sign of the element with the largest |eᵢhᵢ| moves the sum by twice
+that amount, so of each such pair of sign vectors at most one lands closer to 0 than
+|eᵢhᵢ|: one random direction misses an error larger than the test's threshold with
+probability at most 1/2 (reached only when two errors cancel exactly), and ``DIRECTIONS``
+= 16 independent directions with probability at most 2⁻¹⁶ ≈ 1.5e-5 per tensor.
+Localization tests halves with only 2 directions; an element it misses leaves the
+corrected gradient wrong, and the verification (16 fresh directions) catches that with
+the same 2⁻¹⁶ bound. Resolution: a test's threshold scales with the gradient norm of
+the group, so at the tensor level an element is seen when its error exceeds about
+tol·‖g‖ of its tensor (a full check resolves tol·|gᵢ|), or the round-off floor of a
+directional test when that is larger (float32).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .diagnose import transposition_partners
+from .engine import (
+    KINK_SIDE_RATIO,
+    NOISE_FACTOR,
+    REFINE_FACTOR,
+    REFINE_LEVELS,
+    CheckSetup,
+    TensorPlan,
+    elements_to_check,
+    measure_tensor,
+    perturbed_values,
+    refine_failing,
+    result_notes,
+    run_tensor,
+    step_sizes,
+)
+from .errors import LossError, NonFiniteLossError
+from .params import ParameterSet
+from .progress import Progress, chunk_size, should_show
+from .result import MAX_FLOOR_EXCUSE, GradCheckResult, TensorCheck, relative_difference
+
+# Whole-tensor directions: a tensor whose gradient is wrong passes all of them with
+# probability at most 2**-DIRECTIONS (see the module docstring). Tensors of at most this
+# many elements are checked one by one instead (no more evaluations, and exact).
+DIRECTIONS = 16
+# The round-off floor of a directional test is this many times the engine's estimate for
+# one element: when every element moves, the rounding errors of J(θ+δ) and J(θ−δ) no
+# longer cancel in part (measured on float32 ReLU networks: up to about 3 times).
+NOISE_MARGIN = 4.0
+# Whole-tensor tests run on a failing tensor in all, for the diagnosis.
+PATTERN_DIRECTIONS = 3
+# Directions tried on each half during localization before it is called clean.
+HALF_DIRECTIONS = 2
+# Groups this small are checked element by element.
+LEAF_SIZE = 32
+# Element-wise checks spread over a failing tensor before localizing it.
+SAMPLE_ELEMENTS = 8
+# When this share of the sampled elements fails, the bug is dense: no localization.
+DENSE_FRACTION = 0.25
+# Localization stops (the bug is spread out) when more groups than this fail at once.
+MAX_FAILING_GROUPS = 64
+MAX_ROUNDS = 3
+# The verdict on a tensor's directional tests excuses a relative difference within
+# FLOOR_SLACK times their floor (an estimate: round-off with a margin, truncation bounded
+# by the change between two steps), up to MAX_DIRECTIONAL_FLOOR_EXCUSE (float32 networks
+# with kinks reach a few percent; the element-wise verdict caps at 1e-2).
+FLOOR_SLACK = 2.0
+MAX_DIRECTIONAL_FLOOR_EXCUSE = 0.1
+# mode="auto" runs a full check when it is expected to take at most this long.
+AUTO_FULL_SECONDS = 10.0
+
+SetGroup = Callable[[np.ndarray, np.ndarray], None]
+
+
+# -- choosing the mode ----------------------------------------------------------------------
+
+
+def fast_minimum(n_tensors: int, method: str) -> int:
+    """Loss evaluations fast mode spends on a correct model (its cheapest outcome)."""
+    return DIRECTIONS * n_tensors * (2 if method == "central" else 1)
+
+
+def choose_mode(mode: str, method: str, setup: CheckSetup, notes: list[str]) -> str:
+    """Resolve ``mode="auto"``: a full check when it is cheap, else fast mode.
+
+    Full when 2n evaluations (n for one-sided methods) cost no more than fast mode's own
+    minimum, or are expected to take at most ``AUTO_FULL_SECONDS`` at the measured time
+    per evaluation (shared by the workers with ``executor=``/``n_jobs=``); always full for
+    ``method="complex"``.
+    """
+    if mode != "auto":
+        return mode
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in setup.params.shapes]
+    evaluations = sum(sizes) * (2 if method == "central" else 1)
+    runner = getattr(setup, "runner", None)
+    workers = runner.workers if runner is not None else 1
+    seconds = evaluations * setup.seconds_per_evaluation / workers
+    cheap = evaluations <= fast_minimum(len(sizes), method) or seconds <= AUTO_FULL_SECONDS
+    if method == "complex" or cheap:
+        return "full"
+    notes.append(
+        f"mode='auto' chose fast: a full check needs {evaluations:,} loss evaluations "
+        f"(about {seconds:,.0f} s); fast mode tests random directions per tensor and "
+        f"localizes the wrong elements"
+    )
+    return "fast"
+
+
+# -- perturbing groups of elements ----------------------------------------------------------
+
+
+def group_setter(params: Any, position: int) -> SetGroup:
+    """A function setting several elements (flat C-order indices) of one tensor in place.
+
+    Uses the parameter set's own ``group_setter(position)`` when it has one, a vectorized
+    assignment for NumPy arrays, else the element setter one element at a time.
+    """
+    custom = getattr(params, "group_setter", None)
+    if custom is not None:
+        return custom(position)
+    if isinstance(params, ParameterSet):
+        array = params.arrays[position]
+        target = array.reshape(-1) if array.flags.c_contiguous else array.flat
+
+        def set_vectorized(indices: np.ndarray, values: np.ndarray) -> None:
+            target[contiguous(indices)] = values
+
+        return set_vectorized
+    set_element = params.element_setter(position)
+
+    def set_each(indices: np.ndarray, values: np.ndarray) -> None:
+        for index, value in zip(indices.tolist(), values.tolist()):
+            set_element(index, value)
+
+    return set_each
+
+
+class CountingEvaluate:
+    """The setup's evaluator, counting completed evaluations."""
+
+    def __init__(self, evaluate: Callable[[], Any]) -> None:
+        self.evaluate = evaluate
+        self.count = 0
+
+    def __call__(self) -> Any:
+        value = self.evaluate()
+        self.count += 1
+        return value
+
+
+def contiguous(indices: np.ndarray) -> np.ndarray | slice:
+    """A slice for sorted, distinct indices without gaps (no gathering copy), else them."""
+    if indices.size and int(indices[-1]) - int(indices[0]) + 1 == indices.size:
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return indices
+
+
+def dot(first: np.ndarray, second: np.ndarray) -> float:
+    """Σ first·second without BLAS (whose threads stall on a busy machine)."""
+    return float(np.multiply(first, second).sum())
+
+
+def random_signs(rng: np.random.Generator, size: int) -> np.ndarray:
+    return rng.integers(0, 2, size, dtype=np.int8) * 2 - 1
+
+
+# -- directional tests ----------------------------------------------------------------------
+
+
+@dataclass
+class DirectionalTest:
+    """One directional derivative of a group of elements, along the unit vector h/‖h‖."""
+
+    size: int  # elements in the group
+    numeric: float  # (J(θ+δ) − J(θ−δ)) / ‖h‖, h = the actual difference of the two points
+    analytic: float  # g·h / ‖h‖ with the gradient under test (corrected while localizing)
+    original: float  # the same with the model's own analytic gradient
+    spread: float  # ‖g⊙h‖ / ‖h‖: the typical |analytic| over random signs
+    noise: float  # round-off floor of ``numeric`` (+ the truncation bound of a refined test)
+    theta: float  # θ·h / ‖h‖, for the missing-L2 diagnosis
+    tol: float
+    level: int = 0  # the steps were divided by REFINE_FACTOR**level
+    trigger: bool = False  # the first failing screen test (left out of the verdict)
+    left: float = float("nan")  # one-sided slopes (J₀ − J(θ−δ)) and (J(θ+δ) − J₀) along
+    right: float = float("nan")  # the direction; central method only
+
+    @property
+    def discrepancy(self) -> float:
+        return abs(self.numeric - self.analytic)
+
+    def fails(self, analytic: float) -> bool:
+        return self.excess(analytic) > 1 and not self.at_kink(analytic)
+
+    def at_kink(self, analytic: float) -> bool:
+        """A slope jump between θ−δ and θ+δ explains the discrepancy: ``analytic`` is one
+        of the one-sided slopes (a ReLU unit close to its kink), as in the engine."""
+        discrepancy = abs(self.numeric - analytic)
+        near_a_side = min(abs(analytic - self.left), abs(analytic - self.right))
+        jump = abs(self.right - self.left)
+        near = max(KINK_SIDE_RATIO * discrepancy, self.noise)  # one-sided slopes are noisier
+        return bool(near_a_side <= near and jump >= discrepancy and jump > 4 * self.noise)
+
+    def excess(self, analytic: float) -> float:
+        """The discrepancy over the largest one that passes."""
+        scale = max(abs(self.numeric) + abs(analytic), 2 * self.spread)
+        allowed = max(self.tol * scale, self.noise)
+        discrepancy = abs(self.numeric - analytic)
+        if allowed > 0:
+            return discrepancy / allowed
+        return np.inf if discrepancy > 0 else 0.0
+
+    @property
+    def failing(self) -> bool:
+        """The gradient under test disagrees along this direction."""
+        return self.fails(self.analytic)
+
+    @property
+    def failing_original(self) -> bool:
+        """The model's own gradient disagrees along this direction."""
+        return self.fails(self.original)
+
+
+@dataclass
+class DirectionalTests:
+    """Fast mode's record for one tensor: whole-tensor tests and how localization went.
+
+    ``status``: 'passed', 'localized' (every wrong element found), 'dense' (most sampled
+    elements wrong: not localized), 'spread' (too many groups failed to follow),
+    'unresolved' (directions still fail after ``MAX_ROUNDS`` rounds), 'checked one by
+    one' (a tensor of at most ``DIRECTIONS`` elements), 'interrupted', 'not tested' or
+    'empty'.
+    """
+
+    tests: list[DirectionalTest] = field(default_factory=list)
+    status: str = "not tested"
+    group_tests: int = 0  # directional tests of parts of the tensor
+    evaluations: int = 0  # loss evaluations spent on this tensor (all kinds)
+    # elements checked one by one at random (unlike those localization picked for looking
+    # wrong), with their transposition partners: an unbiased sample of the tensor
+    sampled: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
+
+    @property
+    def numeric(self) -> np.ndarray:
+        return np.array([t.numeric for t in self.tests], dtype=float)
+
+    @property
+    def analytic(self) -> np.ndarray:
+        """Directional derivatives of the model's own gradient."""
+        return np.array([t.original for t in self.tests], dtype=float)
+
+    @property
+    def noise(self) -> np.ndarray:
+        return np.array([t.noise for t in self.tests], dtype=float)
+
+    @property
+    def theta(self) -> np.ndarray:
+        return np.array([t.theta for t in self.tests], dtype=float)
+
+    @property
+    def failing(self) -> np.ndarray:
+        return np.array([t.failing_original for t in self.tests], dtype=bool)
+
+    @property
+    def unbiased(self) -> np.ndarray:
+        """The tests that enter the verdict: all but kink crossings and the one that
+        triggered the localization (a test picked for failing would bias the verdict)."""
+        mask = np.array([not (t.trigger or t.at_kink(t.original)) for t in self.tests],
+                        dtype=bool)
+        return mask if mask.any() else np.ones(len(self.tests), dtype=bool)
+
+    @property
+    def difference(self) -> float:
+        """Relative difference over the whole-tensor directions; NaN when none ran."""
+        if not self.tests:
+            return float("nan")
+        mask = self.unbiased
+        return relative_difference(self.numeric[mask], self.analytic[mask])
+
+    @property
+    def floor(self) -> float:
+        if not self.tests:
+            return 0.0
+        mask = self.unbiased
+        scale = np.linalg.norm(self.numeric[mask]) + np.linalg.norm(self.analytic[mask])
+        return float(np.linalg.norm(self.noise[mask]) / scale) if scale > 0 else 0.0
+
+    @property
+    def passed(self) -> bool:
+        """The model's gradient agrees over all whole-tensor directions: relative
+        difference within tol, or within the tests' round-off floor.
+
+        Single tests only decide where to look (a float32 test fails now and then on
+        round-off); the verdict is on all of them together, as in full mode.
+        """
+        if not self.tests:
+            return True
+        excuse = min(FLOOR_SLACK * self.floor, MAX_DIRECTIONAL_FLOOR_EXCUSE)
+        return bool(self.difference <= max(self.tests[0].tol, excuse))
+
+    def sample_mask(self, tensor: TensorCheck) -> np.ndarray:
+        """Which of ``tensor``'s counted elements belong to the random sample."""
+        return np.isin(tensor.indices, self.sampled) & tensor.counted
+
+    def sample_difference(self, tensor: TensorCheck) -> tuple[float, float]:
+        """Relative difference and round-off floor over the random sample (NaN, 0 when
+        there is none): judged as a full check judges a whole tensor."""
+        mask = self.sample_mask(tensor)
+        if not mask.any():
+            return float("nan"), 0.0
+        numeric, analytic = tensor.numeric[mask], tensor.analytic[mask]
+        scale = np.linalg.norm(numeric) + np.linalg.norm(analytic)
+        floor = float(np.linalg.norm(tensor.noise[mask]) / scale) if scale > 0 else 0.0
+        return relative_difference(numeric, analytic), floor
+
+    def passed_with(self, tensor: TensorCheck) -> bool:
+        """The verdict of fast mode: the directional tests together (see ``passed``) and
+        the random sample, as in full mode. The elements localization checked only say
+        where: they were picked for looking wrong, so in float32 they are often the
+        elements that straddle kinks."""
+        difference, floor = self.sample_difference(tensor)
+        sample_passes = np.isnan(difference) or difference <= max(
+            tensor.tol, min(floor, MAX_FLOOR_EXCUSE))
+        return bool(self.passed and sample_passes)
+
+
+# -- one tensor -----------------------------------------------------------------------------
+
+
+class TensorSearch:
+    """Fast mode's state for one tensor: screen, sample, localize, verify."""
+
+    def __init__(self, setup: CheckSetup, position: int, eps: float | str, method: str,
+                 tol: float, rng: np.random.Generator, counter: CountingEvaluate) -> None:
+        params = setup.params
+        self.setup, self.position, self.eps, self.method = setup, position, eps, method
+        self.tol, self.rng, self.counter = tol, rng, counter
+        self.name = params.names[position]
+        self.shape = tuple(int(n) for n in params.shapes[position])
+        self.dtype = np.dtype(params.dtypes[position])
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.everything = np.arange(self.size, dtype=np.int64)
+        self.values = params.flat_values(position, self.everything)
+        self.values64 = self.values.astype(np.float64)
+        self.steps = step_sizes(self.values64, eps, method, setup.unit_roundoff)
+        self.plus, self.minus = perturbed_values(self.values64, self.steps, self.dtype,
+                                                 "central", self.name, self.everything,
+                                                 self.shape)
+        self.analytic = setup.analytic[position].reshape(-1)
+        self.corrected = self.analytic.copy()
+        self.set_group = group_setter(params, position)
+        self.step_level = 0
+        self.failing_signs = np.ones(self.size, dtype=np.int8)  # of the last failing test
+        self.record = DirectionalTests(status="empty" if self.size == 0 else "not tested")
+        self.checks: list[TensorCheck] = []
+        self.checked = np.zeros(self.size, dtype=bool)
+        self.chunk = chunk_size(setup.seconds_per_evaluation * 2)
+        self.directional_evaluations = 0
+        self.element_evaluations = 0
+
+    # -- the procedure ----------------------------------------------------------------
+    def run(self) -> None:
+        """Screen, sample, localize, verify; counts this tensor's directional evaluations."""
+        started = self.counter.count
+        try:
+            self.search()
+        finally:
+            self.directional_evaluations = self.counter.count - started
+
+    def search(self) -> None:
+        if self.size == 0:
+            return
+        if self.size <= DIRECTIONS:
+            self.check_elements(self.everything)
+            self.record.status = "checked one by one"
+            return
+        if not self.screen():
+            self.record.status = "passed"
+            return
+        self.record.sampled = self.sample(self.everything, SAMPLE_ELEMENTS, partners=True)
+        if self.is_dense():
+            self.record.status = "dense"
+            return
+        self.record.status = self.localize()
+
+    def screen(self) -> bool:
+        """Whole-tensor tests until one fails (then a few more for the diagnosis)."""
+        for _ in range(DIRECTIONS):
+            test = self.whole_tensor_test()
+            if test.failing:
+                test.trigger = True
+                for _ in range(PATTERN_DIRECTIONS - 1):
+                    self.whole_tensor_test()
+                return True
+        return False
+
+    def verify(self) -> bool:
+        """``DIRECTIONS`` whole-tensor tests of the corrected gradient, all of them (so
+        the verdict sees an unbiased sample of directions); True when none fails."""
+        failing = [self.whole_tensor_test().failing for _ in range(DIRECTIONS)]
+        return not any(failing)
+
+    def localize(self) -> str:
+        if self.failing_found() and self.verify():
+            return "localized"
+        for _ in range(MAX_ROUNDS):
+            root = np.flatnonzero(~self.checked)
+            leaves = self.bisect(root, self.failing_signs[root])
+            if leaves is None:
+                return "spread"
+            self.check_elements(leaves)
+            if self.verify():
+                return "localized"
+        return "unresolved"
+
+    def bisect(self, root: np.ndarray, signs: np.ndarray) -> np.ndarray | None:
+        """Indices of the small groups that still fail; None when too many groups fail.
+
+        ``root`` is known to fail along ``signs``. Halves are contiguous in C order, so a
+        wrong row is isolated in few steps.
+        """
+        queue, leaves = [(root, signs)], []
+        while queue:
+            leaves += [group for group, _ in queue if group.size <= LEAF_SIZE]
+            queue = self.failing_groups([
+                (group[half], signs[half]) for group, signs in queue if group.size > LEAF_SIZE
+                for half in (slice(None, (group.size + 1) // 2),
+                             slice((group.size + 1) // 2, None))
+            ])
+            if len(queue) > MAX_FAILING_GROUPS:
+                self.sample(np.concatenate([group for group, _ in queue]), 2 * SAMPLE_ELEMENTS,
+                            partners=False)
+                return None
+        return np.concatenate(leaves) if leaves else np.array([], dtype=np.int64)
+
+    def failing_groups(self, groups: list[tuple[np.ndarray, np.ndarray]]
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The (group, signs) failing one of up to HALF_DIRECTIONS directional tests.
+
+        The first test of a half uses the signs its parent failed along: the parent's
+        discrepancy is the sum of its halves', so one of them keeps at least half of it
+        (errors that cancel along fresh signs stay visible). Later tests draw fresh signs.
+        The groups are independent, so each round tests every group not yet failing
+        together: on the workers with ``executor=``/``n_jobs=``, with the same results.
+        """
+        failing: list[np.ndarray | None] = [None] * len(groups)
+        for attempt in range(HALF_DIRECTIONS):
+            pending = [i for i, signs in enumerate(failing) if signs is None]
+            signs = [groups[i][1] if attempt == 0 else random_signs(self.rng, groups[i][0].size)
+                     for i in pending]
+            self.record.group_tests += len(pending)
+            tests = self.tests([groups[i][0] for i in pending], signs, self.step_level)
+            for i, tried, test in zip(pending, signs, tests):
+                if test.failing:
+                    failing[i] = tried
+        return [(group, signs) for (group, _), signs in zip(groups, failing)
+                if signs is not None]
+
+    def tests(self, groups: list[np.ndarray], signs: list[np.ndarray],
+              level: int) -> list[DirectionalTest | None]:
+        """Directional tests of several groups; their losses computed by the workers in
+        one batch when the check runs on an executor (see :mod:`nbgradcheck.parallel`)."""
+        runner = self.setup.runner
+        if runner is None or len(groups) < 2:
+            return [self.test(g, s, level) for g, s in zip(groups, signs)]
+        points = [self.points(g, s, level) for g, s in zip(groups, signs)]
+        losses = runner.group_losses(self.position, [None if p is None else (g, *p)
+                                                     for g, p in zip(groups, points)],
+                                     self.method, self.setup)
+        saved = self.counter.evaluate, self.set_group
+        self.counter.evaluate, self.set_group = losses, lambda indices, values: None
+        try:  # the same tests, on the workers' losses; the user's arrays stay untouched
+            return [self.test(g, s, level) for g, s in zip(groups, signs)]
+        finally:
+            self.counter.evaluate, self.set_group = saved
+
+    # -- directional tests ------------------------------------------------------------
+    def whole_tensor_test(self) -> DirectionalTest:
+        """A test of the whole tensor, recorded; a failure is retried at smaller steps.
+
+        Truncation (curvature, kinks crossed by a long step) shrinks with the step, so
+        the change of the numeric value from one step to the next bounds the error of the
+        smaller step; it joins that test's floor. A wrong gradient's discrepancy does not
+        change with the step, so it still fails. A smaller step that passes is kept for
+        the rest of the tensor (steps shrink by at most REFINE_FACTOR**REFINE_LEVELS); a
+        test failing at the smallest step is compared with the next larger one.
+        """
+        signs = random_signs(self.rng, self.size)
+        test = self.test(self.everything, signs, self.step_level)
+        compared = False
+        while test.failing and test.level < REFINE_LEVELS:
+            finer = self.test(self.everything, signs, test.level + 1)
+            if finer is None:
+                break
+            finer.noise = max(finer.noise, abs(finer.numeric - test.numeric))
+            test, compared = finer, True
+            if not test.failing:
+                self.step_level = test.level
+        if test.failing and not compared and test.level > 0:
+            coarser = self.test(self.everything, signs, test.level - 1)
+            test.noise = max(test.noise, abs(test.numeric - coarser.numeric))
+        if test.failing:
+            self.failing_signs = signs
+        self.record.tests.append(test)
+        return test
+
+    def test(self, group: np.ndarray, signs: np.ndarray, level: int) -> DirectionalTest | None:
+        """Evaluate one directional test; None when the step rounds away at this level."""
+        where = contiguous(group)
+        points = self.points(where, signs, level)
+        if points is None:
+            return None
+        up, down = (side.astype(np.float64) for side in points)
+        j_up, j_down = self.losses(group, *points)
+        h = up - down
+        length = float(np.sqrt(dot(h, h)))
+        analytic = self.corrected[where]
+        roundoff = (NOISE_MARGIN * NOISE_FACTOR * self.setup.unit_roundoff
+                    * (abs(j_up) + abs(j_down)))
+        left, right = float("nan"), float("nan")
+        if self.method == "central":
+            theta, j0 = self.values64[where], self.setup.loss_value
+            left = (j0 - j_down) / dot(theta - down, h) * length
+            right = (j_up - j0) / dot(up - theta, h) * length
+        return DirectionalTest(
+            size=int(group.size),
+            numeric=(j_up - j_down) / length,
+            analytic=dot(analytic, h) / length,
+            original=dot(self.analytic[where], h) / length,
+            spread=float(np.sqrt(dot(analytic * h, analytic * h))) / length,
+            noise=roundoff / length,
+            theta=dot(self.values64[where], h) / length,
+            tol=self.tol,
+            level=level,
+            left=left,
+            right=right,
+        )
+
+    def points(self, where: np.ndarray | slice, signs: np.ndarray,
+               level: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The two points θ+δ and θ−δ over a group (θ itself for an unused side)."""
+        values = self.values[where]
+        if level == 0:
+            plus, minus = self.plus[where], self.minus[where]
+        else:
+            steps = self.steps[where] / REFINE_FACTOR**level
+            plus = (self.values64[where] + steps).astype(self.dtype)
+            minus = (self.values64[where] - steps).astype(self.dtype)
+            if np.any(plus == minus):
+                return None
+        up = np.where(signs > 0, plus, minus)
+        down = np.where(signs > 0, minus, plus)
+        if self.method == "forward":
+            down = values
+        elif self.method == "backward":
+            up = values
+        return up, down
+
+    def losses(self, group: np.ndarray, up: np.ndarray,
+               down: np.ndarray) -> tuple[float, float]:
+        """J at the two points (J₀ for an unused side); the group is restored exactly."""
+        j0 = self.setup.loss_value
+        try:
+            j_up = self.loss_at(group, up) if self.method != "backward" else j0
+            j_down = self.loss_at(group, down) if self.method != "forward" else j0
+        except LossError:
+            raise
+        except Exception as error:
+            if hasattr(error, "add_note"):
+                error.add_note(f"(nbgradcheck: raised while {group.size} elements of "
+                               f"{self.name} were perturbed; parameters restored)")
+            raise
+        finally:
+            self.set_group(group, self.values[contiguous(group)])
+        return j_up, j_down
+
+    def loss_at(self, group: np.ndarray, shifted: np.ndarray) -> float:
+        self.set_group(group, shifted)
+        value = self.counter()
+        if not np.isfinite(value):
+            raise NonFiniteLossError(
+                f"the loss became {value} when {group.size} elements of {self.name} were "
+                f"perturbed together by about {float(np.median(self.steps[group])):.1e} "
+                f"each; parameters restored. Use a smaller eps or mode='full'"
+            )
+        return value
+
+    # -- element-wise checks ------------------------------------------------------------
+    def sample(self, pool: np.ndarray, count: int, partners: bool) -> np.ndarray:
+        """Check ``count`` elements spread over ``pool`` (and their transposition
+        partners); returns their indices."""
+        chosen = pool[elements_to_check(pool.size, "sample", count, self.rng)]
+        if partners:
+            chosen = np.concatenate([chosen, *transposition_partners(chosen, self.shape)])
+        self.check_elements(chosen)
+        return np.unique(chosen)
+
+    def check_elements(self, indices: np.ndarray) -> None:
+        """The engine's element-wise check (refinement included) of unchecked elements."""
+        indices = np.setdiff1d(indices, np.flatnonzero(self.checked))
+        if not indices.size:
+            return
+        plan = self.element_plan(indices)
+        outputs: tuple[list, list] = ([], [])
+        interrupted = False
+        try:
+            run_tensor(plan, self.setup, self.method, None, outputs, lambda _: None, self.chunk)
+        except KeyboardInterrupt:
+            interrupted = True
+        self.element_evaluations += len(outputs[0]) + len(outputs[1])
+        tensor = measure_tensor(plan, self.setup, self.method, outputs, self.tol)
+        self.checks.append(tensor)
+        self.checked[indices] = True
+        if interrupted:
+            raise KeyboardInterrupt
+        self.element_evaluations += refine_failing(plan, tensor, self.setup, self.method,
+                                                   self.chunk, self.tol)
+        wrong = tensor.element_failing & ~tensor.kink
+        self.corrected[tensor.indices[wrong]] = tensor.numeric[wrong]
+
+    def element_plan(self, indices: np.ndarray) -> TensorPlan:
+        values = self.values[indices]
+        steps = self.steps[indices]
+        plus, minus = perturbed_values(values.astype(np.float64), steps, self.dtype,
+                                       self.method, self.name, indices, self.shape)
+        return TensorPlan(self.position, self.name, self.shape, self.dtype, indices, values,
+                          plus, minus, steps)
+
+    def failing_found(self) -> bool:
+        return any(bool((t.element_failing & ~t.kink).any()) for t in self.checks)
+
+    def is_dense(self) -> bool:
+        evaluated = sum(int(t.evaluated.sum()) for t in self.checks)
+        failing = sum(int((t.element_failing & ~t.kink).sum()) for t in self.checks)
+        return failing >= 2 and failing >= DENSE_FRACTION * evaluated
+
+    # -- the result -----------------------------------------------------------------------
+    def result(self) -> TensorCheck:
+        """A TensorCheck over the elements checked one by one, with the directional record."""
+        self.record.evaluations = self.directional_evaluations + self.element_evaluations
+        tensor = merged_checks(self.checks, self.template())
+        tensor.directional = self.record
+        return tensor
+
+    def template(self) -> TensorCheck:
+        empty = np.array([], dtype=np.float64)
+        return TensorCheck(self.name, self.shape, self.dtype, np.array([], dtype=np.int64),
+                           empty, empty, empty, empty, empty, empty, empty,
+                           np.array([], dtype=bool), self.setup.analytic[self.position],
+                           self.tol)
+
+
+MERGED_FIELDS = ("indices", "values", "analytic", "numeric", "step", "loss_plus",
+                 "loss_minus", "noise", "kink")
+
+
+def merged_checks(parts: list[TensorCheck], template: TensorCheck) -> TensorCheck:
+    """One TensorCheck holding the elements of ``parts`` (disjoint), sorted by index."""
+    if not parts:
+        return template
+    order = np.argsort(np.concatenate([p.indices for p in parts]), kind="stable")
+    for name in MERGED_FIELDS:
+        joined = np.concatenate([np.asarray(getattr(p, name)) for p in parts])
+        setattr(template, name, joined[order])
+    return template
+
+
+# -- the whole check ------------------------------------------------------------------------
+
+
+def fast_check(setup: CheckSetup, eps: float | str, method: str, tol: float,
+               seed: int | None, progress: bool | None, notes: list[str]) -> GradCheckResult:
+    """mode='fast': directional screening of every tensor, localization of failures."""
+    rng = np.random.default_rng(seed)
+    counter = CountingEvaluate(setup.evaluate)
+    searches = [TensorSearch(setup, position, eps, method, tol, rng, counter)
+                for position in range(len(setup.params.names))]
+    expected = setup.seconds_per_evaluation * fast_minimum(len(searches), method)
+    bar = Progress(sum(s.size for s in searches), should_show(progress, expected))
+    complete = True
+    started = time.perf_counter()
+    try:
+        for search in searches:
+            bar.describe(search.name)
+            try:
+                if complete:
+                    search.run()
+            except KeyboardInterrupt:
+                complete = False
+                search.record.status = "interrupted"
+            bar.advance(search.size)
+    finally:
+        bar.close()
+    tensors = [search.result() for search in searches]
+    evaluations = 2 + counter.count + sum(s.element_evaluations for s in searches)
+    if complete:
+        evaluations += probe_repeatability(tensors, setup)
+    notes = notes + fast_notes(tensors, time.perf_counter() - started)
+    notes += result_notes(tensors, setup, method)
+    return GradCheckResult(tensors, method, eps, "fast", tol, evaluations, setup.loss_value,
+                           complete=complete, notes=notes)
+
+
+def fast_notes(tensors: list[TensorCheck], seconds: float) -> list[str]:
+    """What fast mode did, and where it could not localize."""
+    tests = sum(len(t.directional.tests) + t.directional.group_tests for t in tensors)
+    notes = [
+        f"fast mode: {tests} directional tests in {seconds:.1f} s; a tensor with a wrong "
+        f"element passes all {DIRECTIONS} whole-tensor directions with probability at "
+        f"most 2^-{DIRECTIONS}; elements not listed in result.elements(name) were covered "
+        f"by directional tests only"
+    ]
+    stopped = {
+        "dense": "most sampled elements are wrong, so the bug is spread over the tensor; "
+                 "localization skipped (see the diagnosis)",
+        "spread": f"localization stopped: more than {MAX_FAILING_GROUPS} groups failed at "
+                  f"once; the elements listed are some of the wrong ones (mode='full' checks "
+                  f"all)",
+        "unresolved": f"directions still fail after {MAX_ROUNDS} rounds of localization; "
+                      f"the elements listed are some of the wrong ones (mode='full' checks "
+                      f"all)",
+    }
+    notes += [f"{t.name}: {stopped[t.directional.status]}" for t in tensors
+              if t.directional.status in stopped and not t.passed]
+    return notes
+
+
+def probe_repeatability(tensors: list[TensorCheck], setup: CheckSetup) -> int:
+    """Evaluate J once more at the unperturbed parameters when some tensor fails.
+
+    A different value than at the start means the loss is random (a data loader or
+    dropout the two evaluations before the check did not reveal): the failing tensors
+    are marked ``repeatable=False``. Returns the number of evaluations (0 or 1).
+    """
+    failing = [t for t in tensors if not t.passed]
+    if not failing:
+        return 0
+    value = setup.evaluate()
+    first = setup.loss_value
+    same = value == first or abs(value - first) <= 4 * np.finfo(float).eps * abs(first)
+    for tensor in failing:
+        tensor.repeatable = bool(same)
+    return 1
