@@ -10,9 +10,13 @@ machine. Figures are wall-clock seconds of one full check each:
   worker processes, started (and warmed up with a small check) before the timed run,
   with MALLOC_TRIM_THRESHOLD_ unset in the workers, and once more with Dask's default
   (it sets it to 65536, which slows every NumPy allocation over 128 KiB);
+- the CPU seconds the parallel check used (calling process and workers) against the
+  serial check's: the work it adds, which other processes' load does not change much;
 - the per-chunk overhead: a loss costing tens of microseconds, checked with one element
   per task, divided by the number of tasks (what the calling process spends per task).
 
+The calling process gets the malloc thresholds the workers get (see
+``parallel.keep_freed_memory``), so that a loss evaluation costs the same everywhere.
 Each parallel check is timed right after a serial one and compared with it (bit-identical
 numbers); the speed-up is the ratio of the two. Other processes loading the machine cut
 the speed-up: each line shows the load average, and the "hardware ceiling" (two plain
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -98,25 +103,47 @@ def dask_cluster(workers: int, trim_memory: bool = False) -> tuple[Any, Any]:
     return cluster, Client(cluster)
 
 
+def dask_worker_pids(client: Any) -> list[int]:
+    return list(client.run(os.getpid).values())
+
+
 def warm(executor: Any) -> None:
-    """One small check: workers started, nbgradcheck imported there."""
+    """Every worker started, and nbgradcheck imported there by one small check."""
+    if hasattr(executor, "_max_workers"):  # a pool starts a process per task it waits on
+        list(executor.map(abs, range(2 * executor._max_workers)))
     loss, params, grads = sine_problem(8, width=4)
     ng.check(loss, params, grads, mode="full", progress=False, executor=executor)
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds each of the processes ``pids`` has used so far."""
+    import psutil  # a dependency of distributed
+
+    return {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids}
+
+
 class Timings:
     """Each parallel check is timed right after a serial one, so that both see the same
-    load from other processes; the speed-up is their ratio."""
+    load from other processes; the speed-up is their ratio. The CPU seconds of the
+    workers (when their process ids are known) and of the calling process show the work
+    the parallel check did against the serial one's, whatever the load."""
 
     def __init__(self, loss: Callable, params: dict, grads: dict) -> None:
         self.problem = loss, params, grads
 
-    def compare(self, label: str, **options: Any) -> None:
+    def compare(self, label: str, worker_pids: Callable[[], list[int]] | None = None,
+                **options: Any) -> None:
+        cpu = time.process_time()
         serial_s, serial = timed_check(*self.problem)
+        serial_cpu = time.process_time() - cpu
+        cpu, workers = time.process_time(), cpu_seconds(worker_pids() if worker_pids else [])
         seconds, result = timed_check(*self.problem, **options)
+        after = cpu_seconds(worker_pids() if worker_pids else [])
+        used = time.process_time() - cpu + sum(after[p] - workers.get(p, 0.0) for p in after)
         assert same_numbers(serial, result), f"{label}: results differ from the serial check"
+        work = f"CPU {used / serial_cpu:4.2f}× serial's" if worker_pids else " " * 20
         print(f"{label:<40}{seconds:7.1f} s   serial {serial_s:5.1f} s   speed-up "
-              f"{serial_s / seconds:4.2f}×   (load {os.getloadavg()[0]:.1f})")
+              f"{serial_s / seconds:4.2f}×   {work}   (load {os.getloadavg()[0]:.1f})")
 
 
 def run_speedups(n_parameters: int, workers: list[int]) -> None:
@@ -132,14 +159,15 @@ def run_speedups(n_parameters: int, workers: list[int]) -> None:
     timings.compare("n_jobs=2 (pool start-up included)", n_jobs=2)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=parallel.process_context()) as pool:
         warm(pool)
-        timings.compare("ProcessPoolExecutor(2)", executor=pool)
+        timings.compare("ProcessPoolExecutor(2)", lambda: list(pool._processes),
+                        executor=pool)
     for count, trim_memory in [(count, False) for count in workers] + [(max(workers), True)]:
         cluster, client = dask_cluster(count, trim_memory)
         try:
             warm(client)
             label = f"Dask LocalCluster, {count} worker{'s' * (count > 1)}"
             timings.compare(label + (" (Dask's malloc trim)" if trim_memory else ""),
-                            executor=client)
+                            functools.partial(dask_worker_pids, client), executor=client)
         finally:
             client.close()
             cluster.close()
@@ -196,6 +224,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="Dask LocalCluster sizes for the scaling curve")
     arguments = parser.parse_args()
+    parallel.keep_freed_memory()  # the malloc thresholds the workers get, here too
     n_parameters = 400 if arguments.quick else 2000
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
     run_speedups(n_parameters, arguments.workers)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import inspect
 import math
@@ -73,6 +74,13 @@ CHUNKS_PER_WORKER = 4
 CACHED_CHECKS = 2
 # How the engine's note naming the perturbed element starts (engine.run_tensor).
 ELEMENT_NOTE = "(nbgradcheck: raised while"
+# glibc's malloc in a fresh process gives freed arrays over 128 KiB (and the top of the
+# heap beyond twice that) back to the system at once, so a NumPy loss allocating
+# megabytes page-faults through every evaluation, up to twice as slowly as in a process
+# that has run for a while. Worker processes keep freed memory up to these sizes instead.
+MMAP_THRESHOLD_BYTES = 32 * 2**20
+TRIM_THRESHOLD_BYTES = 64 * 2**20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
 
 Outputs = tuple[list, list]
 Tick = Callable[[int], None]
@@ -142,15 +150,19 @@ def pickled_loss(loss: Callable[..., Any], params: Any) -> bytes:
 
 def framework_settings() -> dict[str, Any]:
     """Process-wide switches the loss was written under, which do not travel with it:
-    JAX's float64 mode (float64 arrays unpickled without it become float32)."""
+    JAX's float64 mode (float64 arrays unpickled without it become float32); and the
+    calling process, which is no worker (a thread pool runs the tasks there)."""
+    settings: dict[str, Any] = {"caller": os.getpid()}
     jax = sys.modules.get("jax")
-    if jax is None:
-        return {}
-    return {"jax_enable_x64": bool(jax.config.read("jax_enable_x64"))}
+    if jax is not None:
+        settings["jax_enable_x64"] = bool(jax.config.read("jax_enable_x64"))
+    return settings
 
 
 def apply_settings(settings: dict[str, Any]) -> None:
     """In a worker: the calling process's switches (see :func:`framework_settings`)."""
+    if settings.get("caller") != os.getpid():
+        keep_freed_memory()
     if "jax_enable_x64" in settings:
         import jax
 
@@ -686,6 +698,19 @@ def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
     while len(copies) > CACHED_CHECKS:
         copies.pop(next(iter(copies)))
     return copies[token]
+
+
+def keep_freed_memory() -> None:
+    """Raise glibc's malloc thresholds in a worker process (see MMAP_THRESHOLD_BYTES),
+    unless MALLOC_* variables already set them (Dask sets MALLOC_TRIM_THRESHOLD_)."""
+    if sys.platform != "linux" or any(name.startswith("MALLOC_") for name in os.environ):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def thread_copies() -> dict[str, WorkerCopy]:

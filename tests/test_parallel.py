@@ -412,3 +412,14 @@ def test_auto_mode_counts_the_workers_when_choosing_a_full_check():
 
     assert choose_mode("auto", "central", setup(None), []) == "fast"
     assert choose_mode("auto", "central", setup(2), []) == "full"
+
+
+def test_malloc_thresholds_are_raised_in_workers_only(monkeypatch, quadratic):
+    calls = []
+    monkeypatch.setattr(parallel, "keep_freed_memory", lambda: calls.append(os.getpid()))
+    params, loss, grads = quadratic
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:  # tasks in this process
+        ng.check(loss, params, grads, mode="full", executor=threads)
+    assert calls == []
+    parallel.apply_settings({"caller": os.getpid() + 1})  # as in another process
+    assert calls == [os.getpid()]
