@@ -33,7 +33,11 @@ the chunks finished so far and cancels the others.
 
 Workers must be able to import nbgradcheck and the modules the loss uses. A loss checked
 with ``seed=`` needs one thread per worker process (Dask: ``threads_per_worker=1``): the
-global random generators it re-seeds are per process.
+global random generators it re-seeds are per process. Worker processes raise glibc's
+malloc thresholds (:func:`keep_freed_memory`) unless MALLOC_* variables are set, as Dask
+does by default: unset it, for NumPy losses allocating large arrays, with
+``dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})``
+before creating the cluster.
 """
 
 from __future__ import annotations
