@@ -17,6 +17,7 @@ from .errors import (
     ParameterError,
     ParametersModifiedError,
     RandomLossError,
+    UnpicklableLossError,
 )
 from .history import LossHistory
 from .integrations import TorchRecorder, keras_callback, lightning_callback
@@ -40,6 +41,7 @@ __all__ = [
     "RandomLossError",
     "StallReport",
     "TorchRecorder",
+    "UnpicklableLossError",
     "analyze_stalls",
     "check",
     "find_stalls",

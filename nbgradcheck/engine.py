@@ -639,7 +639,8 @@ def run_tensor(plan: TensorPlan, setup: CheckSetup, method: str, evaluator: Any,
     except LossError:
         raise
     except Exception as error:
-        done = max(len(outputs[0]), len(outputs[1]))
+        # the element in flight: θ−ε values are recorded last in central differences
+        done = len(outputs[1]) if method in ("central", "backward") else len(outputs[0])
         where = plan.name + format_index(np.unravel_index(indices[min(done, len(indices) - 1)],
                                                           plan.shape))
         if hasattr(error, "add_note"):

@@ -291,7 +291,8 @@ def test_user_exception_propagates_unchanged_with_parameters_restored(net):
     with pytest.raises(ZeroDivisionError) as raised:
         ng.check(loss, net.parameters, net.gradients)
     assert raised.value is error
-    assert any("W1[1, 0]" in note for note in getattr(raised.value, "__notes__", []))
+    # calls 1-2 are the start; W1[0, 3] is the 4th element: its θ−ε evaluation is call 10
+    assert any("W1[0, 3]" in note for note in getattr(raised.value, "__notes__", []))
     assert frozen(net.parameters) == before
 
 
@@ -408,3 +409,17 @@ def test_recheck_reruns_with_changed_arguments(net):
 def test_evaluation_count_for_a_full_central_check(net):
     result = ng.check(net.loss, net.parameters, net.gradients, mode="full")
     assert result.n_evaluations == 2 + 2 * 47
+
+
+def test_a_true_zero_gradient_with_round_off_in_the_analytic_one_passes():
+    params = {"W": np.array([1.0, -2.0, 0.5]), "b": np.array([0.3, 0.7])}
+
+    def loss(p):
+        return float(np.sum(p["W"] ** 2))  # b does not matter: its gradient is 0
+
+    grads = {"W": 2 * params["W"], "b": np.array([1e-18, -3e-19])}
+    result = ng.check(loss, params, grads, mode="full")
+    assert result.passed and result.table.loc["b", "verdict"] == "ok"
+    wrong = ng.check(loss, params, {"W": 2 * params["W"], "b": np.array([1e-3, 0.0])},
+                     mode="full")
+    assert wrong.failing == ["b"]
