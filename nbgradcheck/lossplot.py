@@ -8,7 +8,6 @@ the ``%lossplot`` magic.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from nbgradcheck.history import LossHistory
+from nbgradcheck.plots import figure_png
 from nbgradcheck.stalls import StallReport, analyze_stalls, as_loss_array, plural
 
 __all__ = ["figure_to_png", "lossplot_from_value", "plot_loss"]
@@ -30,10 +30,8 @@ _MAX_RAW_POINTS = 20_000
 
 
 def figure_to_png(figure: Figure, dpi: int = 96) -> bytes:
-    """PNG bytes of ``figure``."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+    """PNG bytes of ``figure`` (loss plots render at screen resolution)."""
+    return figure_png(figure, dpi=dpi)
 
 
 # ---------------------------------------------------------------------------- inputs
