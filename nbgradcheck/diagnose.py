@@ -351,8 +351,8 @@ def scale_causes(factor: float) -> str:
     if abs(factor - 0.5) <= close:
         return "a missing factor 2 (½ applied twice, or 2·x written as x)"
     if whole >= 3 and abs(factor - whole) <= close * factor:
-        return (f"a missing 1/m: the gradient is {whole}× too large (is m = {whole} the "
-                f"number of examples?)")
+        return (f"the gradient is {whole}× too large: a missing 1/m if m = {whole} is the "
+                f"number of examples, else a stray constant ({whole}/m written for 1/m?)")
     if inverse >= 3 and abs(1 / factor - inverse) <= close / factor:
         return (f"an extra 1/m: the gradient is divided by {inverse} once too often (is m = "
                 f"{inverse} the number of examples?)")

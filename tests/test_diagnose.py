@@ -49,7 +49,7 @@ def test_stray_factor_two():
 def test_missing_one_over_m():
     diagnosis = only(ng.check(*planted(lambda g: g.update(db1=M * g["db1"]))), "b1")
     assert diagnosis.kind == "scale" and diagnosis.factor == pytest.approx(M, rel=1e-6)
-    assert "missing 1/m" in diagnosis.sentence and f"m = {M}" in diagnosis.sentence
+    assert "a missing 1/m if m = " in diagnosis.sentence and f"m = {M}" in diagnosis.sentence
 
 
 def test_extra_one_over_m():
