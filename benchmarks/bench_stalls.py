@@ -22,7 +22,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from nbgradcheck.stalls import find_stalls  # noqa: E402
+from nbgradcheck.training.stalls import find_stalls  # noqa: E402
 
 STEPS = 1_000_000
 STEPS_PER_EPOCH = 1000

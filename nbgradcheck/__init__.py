@@ -1,15 +1,17 @@
 """nbgradcheck: find the bugs in hand-written backpropagation, and where training stalls.
 
-``import nbgradcheck`` needs only the core dependencies: framework adapters (PyTorch, JAX)
-and the notebook layer (IPython magics, widgets) are imported when first used.
+``import nbgradcheck`` loads NumPy and the standard library only. Every public name is
+resolved when first used (module ``__getattr__``), so a NumPy check never imports pandas,
+matplotlib, IPython or ipywidgets; framework adapters (PyTorch, JAX) load when parameters
+of that framework are checked.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .engine import check
-from .errors import (
+from nbgradcheck.errors import (
     GradCheckError,
     GradientError,
     LossError,
@@ -19,14 +21,25 @@ from .errors import (
     RandomLossError,
     UnpicklableLossError,
 )
-from .history import LossHistory
-from .integrations import TorchRecorder, keras_callback, lightning_callback
-from .lossplot import plot_loss
-from .result import GradCheckResult, relative_difference
-from .stalls import StallReport, analyze_stalls, find_stalls
-from .sweep import EpsSweep, sweep_eps
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it (imported on first use)
+_LAZY = {
+    "check": "nbgradcheck.core.engine",
+    "GradCheckResult": "nbgradcheck.core.result",
+    "relative_difference": "nbgradcheck.core.result",
+    "EpsSweep": "nbgradcheck.api.sweep",
+    "sweep_eps": "nbgradcheck.api.sweep",
+    "LossHistory": "nbgradcheck.training.history",
+    "StallReport": "nbgradcheck.training.stalls",
+    "analyze_stalls": "nbgradcheck.training.stalls",
+    "find_stalls": "nbgradcheck.training.stalls",
+    "TorchRecorder": "nbgradcheck.training.integrations",
+    "keras_callback": "nbgradcheck.training.integrations",
+    "lightning_callback": "nbgradcheck.training.integrations",
+    "plot_loss": "nbgradcheck.views.lossplot",
+}
 
 __all__ = [
     "EpsSweep",
@@ -54,16 +67,42 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from nbgradcheck.api.sweep import EpsSweep, sweep_eps
+    from nbgradcheck.core.engine import check
+    from nbgradcheck.core.result import GradCheckResult, relative_difference
+    from nbgradcheck.training.history import LossHistory
+    from nbgradcheck.training.integrations import (
+        TorchRecorder,
+        keras_callback,
+        lightning_callback,
+    )
+    from nbgradcheck.training.stalls import StallReport, analyze_stalls, find_stalls
+    from nbgradcheck.views.lossplot import plot_loss
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbgradcheck' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbgradcheck``: register %gradcheck, %%gradcheck and %lossplot."""
-    from .notebook.magics import load_ipython_extension as load
+    from nbgradcheck.notebook.magics import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext nbgradcheck``: remove the magics again."""
-    from .notebook.magics import unload_ipython_extension as unload
+    from nbgradcheck.notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .demo import BUGS, course_network
-from .engine import check
+from nbgradcheck.core.engine import check
+from nbgradcheck.demo import BUGS, course_network
 
 
 def run_demo() -> int:

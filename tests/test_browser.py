@@ -285,7 +285,7 @@ def stall_shading(png: bytes) -> float:
     import matplotlib.image
     import numpy as np
 
-    from nbgradcheck.lossplot import STALL_COLOR
+    from nbgradcheck.views.lossplot import STALL_COLOR
 
     pixels = matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]
     colour = np.array(matplotlib.colors.to_rgb(STALL_COLOR))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import nbgradcheck as ng
+from nbgradcheck.core.diagnose import Diagnosis, diagnose_result, format_factor
 from nbgradcheck.demo import course_network
-from nbgradcheck.diagnose import Diagnosis, diagnose_result, format_factor
 
 M = 8  # examples
 

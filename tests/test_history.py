@@ -15,8 +15,8 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 from training_runs import deep_linear_run, xor_run
 
-from nbgradcheck.history import LiveDisplay, LossHistory, to_numpy
-from nbgradcheck.stalls import find_stalls
+from nbgradcheck.training.history import LiveDisplay, LossHistory, to_numpy
+from nbgradcheck.training.stalls import find_stalls
 
 
 class FakeTensor:

@@ -12,8 +12,8 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 import nbgradcheck as ng  # noqa: E402
-from nbgradcheck.adapters import framework_of  # noqa: E402
 from nbgradcheck.adapters.jax import JaxParameters, jax_parameter_set  # noqa: E402
+from nbgradcheck.adapters.registry import framework_of  # noqa: E402
 
 
 def check(loss, params, grads=None, **options):

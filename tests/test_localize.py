@@ -11,7 +11,7 @@ import pytest
 from conftest import frozen
 
 import nbgradcheck as ng
-from nbgradcheck import localize
+from nbgradcheck.core import localize
 from nbgradcheck.demo import course_network
 
 SHAPES = {"W1": (60, 100), "W2": (100, 40), "W3": (40, 40), "b": (2000,)}

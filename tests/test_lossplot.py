@@ -8,9 +8,9 @@ import pytest
 from matplotlib.figure import Figure
 from training_runs import deep_linear_run, xor_run
 
-from nbgradcheck.history import LossHistory
-from nbgradcheck.lossplot import figure_to_png, lossplot_from_value, plot_loss
-from nbgradcheck.stalls import analyze_stalls
+from nbgradcheck.training.history import LossHistory
+from nbgradcheck.training.stalls import analyze_stalls
+from nbgradcheck.views.lossplot import figure_to_png, lossplot_from_value, plot_loss
 
 
 def with_gid(ax, gid):

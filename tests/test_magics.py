@@ -13,9 +13,9 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 import nbgradcheck
+from nbgradcheck.core.result import GradCheckResult
 from nbgradcheck.demo import backward, course_network, forward
 from nbgradcheck.notebook import magics
-from nbgradcheck.result import GradCheckResult
 
 EXTENSION = "nbgradcheck.notebook.magics"
 CHECK = "%gradcheck --wrt parameters --grads gradients forward(X, Y, parameters)"

@@ -15,9 +15,9 @@ import pytest
 from conftest import frozen
 
 import nbgradcheck as ng
-from nbgradcheck import parallel
 from nbgradcheck.demo import course_network
 from nbgradcheck.errors import GradCheckError, NonFiniteLossError, UnpicklableLossError
+from nbgradcheck.parallel import executor as parallel
 
 cloudpickle = pytest.importorskip("cloudpickle")
 
@@ -379,7 +379,7 @@ def one_wrong_element(size: int = 3000):
 
 
 def test_fast_mode_localizes_with_group_tests_on_the_workers(executor, monkeypatch):
-    pytest.importorskip("nbgradcheck.localize")
+    pytest.importorskip("nbgradcheck.core.localize")
     loss, params, grads = one_wrong_element()
     serial = ng.check(loss, params, grads, mode="fast", seed=0)
     assert serial.failing == ["W"]
@@ -403,7 +403,7 @@ def test_fast_mode_localizes_with_group_tests_on_the_workers(executor, monkeypat
 def test_auto_mode_counts_the_workers_when_choosing_a_full_check():
     from types import SimpleNamespace
 
-    choose_mode = pytest.importorskip("nbgradcheck.localize").choose_mode
+    choose_mode = pytest.importorskip("nbgradcheck.core.localize").choose_mode
 
     def setup(workers):  # 4,000 evaluations of 4 ms: 16 s serially, 8 s on two workers
         runner = SimpleNamespace(workers=workers) if workers else None

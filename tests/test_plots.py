@@ -7,8 +7,8 @@ import pytest
 from matplotlib.colors import LogNorm
 
 import nbgradcheck as ng
-from nbgradcheck import plots
-from nbgradcheck.result import GradCheckResult, TensorCheck
+from nbgradcheck.core.result import GradCheckResult, TensorCheck
+from nbgradcheck.views import figures as plots
 
 
 def synthetic_tensor(name, shape, *, wrong=(), kinks=(), checked=None, factor=0.5, seed=0):

@@ -10,7 +10,7 @@ import tqdm.auto
 from conftest import frozen
 
 import nbgradcheck as ng
-from nbgradcheck import progress
+from nbgradcheck.core import progress
 from nbgradcheck.demo import course_network
 
 

@@ -16,7 +16,7 @@ from training_runs import (
     xor_saddle_epochs,
 )
 
-from nbgradcheck.stalls import (
+from nbgradcheck.training.stalls import (
     CAUSES,
     STALL_COLUMNS,
     _fit_windows,

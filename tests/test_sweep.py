@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import frozen
 
-from nbgradcheck import sweep as sweeps
+from nbgradcheck.api import sweep as sweeps
+from nbgradcheck.api.sweep import EpsSweep, sweep_eps
 from nbgradcheck.demo import course_network
 from nbgradcheck.errors import LossError
-from nbgradcheck.sweep import EpsSweep, sweep_eps
 
 
 def cube():

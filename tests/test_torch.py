@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import nbgradcheck as ng  # noqa: E402
-from nbgradcheck.adapters import framework_of  # noqa: E402
+from nbgradcheck.adapters.registry import framework_of  # noqa: E402
 from nbgradcheck.adapters.torch import TorchParameters, torch_parameter_set  # noqa: E402
 
 DOUBLE = torch.float64

@@ -12,7 +12,7 @@ from IPython.testing.globalipapp import start_ipython
 
 import nbgradcheck as ng
 from nbgradcheck.demo import course_network, forward
-from nbgradcheck.notebook.widgets import Inspector, inspect, recheck_tensor
+from nbgradcheck.views.inspector import Inspector, inspect, recheck_tensor
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -31,8 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import GradientError, LossError, ParameterError, ParametersModifiedError
-from ..params import SINGLE_ARRAY_NAME, format_index, gradient_key, validated_gradient
+from nbgradcheck.adapters.numpy import (
+    SINGLE_ARRAY_NAME,
+    format_index,
+    gradient_key,
+    validated_gradient,
+)
+from nbgradcheck.errors import GradientError, LossError, ParameterError, ParametersModifiedError
 
 # Fewer elements than this are evaluated by the loop: a batched call has a fixed cost
 # (tracing, verification) that only many elements repay.
@@ -140,7 +145,7 @@ def first_of(value: Any) -> Any:
 
 
 class JaxParameterSet:
-    """The engine's interface (see :class:`nbgradcheck.params.ParameterSet`) for JAX."""
+    """The engine's interface (see :class:`nbgradcheck.adapters.numpy.ParameterSet`) for JAX."""
 
     fixed_argument = False  # a new pytree is built for every evaluation
 

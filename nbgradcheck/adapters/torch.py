@@ -30,19 +30,19 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import (
-    GradCheckError,
-    GradientError,
-    LossError,
-    ParameterError,
-    ParametersModifiedError,
-)
-from ..params import (
+from nbgradcheck.adapters.numpy import (
     SINGLE_ARRAY_NAME,
     format_index,
     gradient_key,
     looks_like_parameter_gradient,
     validated_gradient,
+)
+from nbgradcheck.errors import (
+    GradCheckError,
+    GradientError,
+    LossError,
+    ParameterError,
+    ParametersModifiedError,
 )
 
 NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
@@ -201,7 +201,7 @@ class TorchSnapshot:
 
 
 class TorchParameterSet:
-    """The engine's interface (see :class:`nbgradcheck.params.ParameterSet`) for torch."""
+    """The engine's interface (see :class:`nbgradcheck.adapters.numpy.ParameterSet`) for torch."""
 
     fixed_argument = True  # the loss sees the in-place perturbations through the model
 

@@ -31,9 +31,9 @@ from IPython.core.magic import (
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from IPython.display import display
 
-from ..engine import METHODS, MODES, check
-from ..errors import GradCheckError
-from ..result import GradCheckResult
+from nbgradcheck.core.engine import METHODS, MODES, check
+from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.errors import GradCheckError
 
 # Code compiled from what the user typed gets a filename with this prefix, so an error
 # raised by that code itself (not by a function it calls) can be told apart.
@@ -308,7 +308,7 @@ class ShownOnce:
 def result_view(result: GradCheckResult, shell: Any, widget: bool) -> Any:
     """The inspector widget in a live kernel (when ``widget``), else the result itself."""
     if widget and in_live_kernel(shell):
-        from .widgets import inspect
+        from nbgradcheck.views.inspector import inspect
 
         return inspect(result)
     return result
@@ -461,7 +461,7 @@ class LossPlotMagics(Magics):
         """%lossplot VAR: see LOSSPLOT_HELP (shown by %lossplot?)."""
         from IPython.display import Image
 
-        from ..lossplot import figure_to_png, lossplot_from_value, plot_loss
+        from nbgradcheck.views.lossplot import figure_to_png, lossplot_from_value, plot_loss
 
         options, expression = parse_magic_line(self.lossplot, line)
         if not expression:

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .engine import METHODS, check
-from .errors import GradCheckError
+from nbgradcheck.core.engine import METHODS, check
+from nbgradcheck.errors import GradCheckError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .result import GradCheckResult
+    from nbgradcheck.core.result import GradCheckResult
 
 DEFAULT_EPS = np.logspace(-12, -1, 23)
 EXPECTED_SLOPE = {"central": 2, "forward": 1, "backward": 1, "complex": 2}
@@ -149,7 +149,7 @@ class EpsSweep:
         """Log-log error against ε: fitted truncation slopes, round-off region, best ε."""
         if y not in Y_COLUMNS:
             raise ValueError(f"y must be one of {', '.join(map(repr, Y_COLUMNS))}; got {y!r}")
-        from .plots import NotebookFigure
+        from nbgradcheck.views.figures import NotebookFigure
 
         width, height = PLOT_SIZE
         figure = NotebookFigure(figsize=PLOT_SIZE, dpi=dpi)
@@ -183,7 +183,7 @@ class EpsSweep:
         return "\n".join(lines)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from .plots import figure_png
+        from nbgradcheck.views.figures import figure_png
 
         return {"text/plain": repr(self), "image/png": figure_png(self.plot())}
 
@@ -257,7 +257,7 @@ def draw_roundoff_region(ax: Axes, edge: float | None) -> None:
 
 def draw_verdict_lines(ax: Axes) -> None:
     """Dotted lines at the verdict thresholds; each band named in the right margin."""
-    from .report import VERDICT_COLOURS
+    from nbgradcheck.views.report import VERDICT_COLOURS
 
     for verdict, level in VERDICT_LINES:
         ax.axhline(level, color=VERDICT_COLOURS[verdict], linestyle=":", linewidth=0.9,

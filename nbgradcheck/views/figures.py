@@ -32,14 +32,14 @@ from matplotlib.colors import LinearSegmentedColormap, LogNorm, Normalize, to_rg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .report import VERDICT_COLOURS
+from nbgradcheck.views.report import VERDICT_COLOURS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colorbar import Colorbar
     from matplotlib.image import AxesImage
 
-    from .result import GradCheckResult, TensorCheck
+    from nbgradcheck.core.result import GradCheckResult, TensorCheck
 
 SCALES = ("log", "abs", "signed")
 POOL_ABOVE = 250_000

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from nbgradcheck.stalls import StallReport, analyze_stalls, as_loss_array, plural
+from nbgradcheck.training.stalls import StallReport, analyze_stalls, as_loss_array, plural
 
 __all__ = ["LiveDisplay", "LossHistory", "to_numpy"]
 
@@ -82,7 +82,7 @@ class LossHistory:
     Args:
         live: show a live plot (see :meth:`live`) from the first :meth:`log` on.
         every: at most one live update per this many seconds.
-        stall_options: keyword arguments for :func:`~nbgradcheck.stalls.find_stalls`.
+        stall_options: keyword arguments for :func:`~nbgradcheck.training.stalls.find_stalls`.
     """
 
     def __init__(
@@ -224,7 +224,7 @@ class LossHistory:
 
     @property
     def report(self) -> StallReport:
-        """The :class:`~nbgradcheck.stalls.StallReport` of the recorded run."""
+        """The :class:`~nbgradcheck.training.stalls.StallReport` of the recorded run."""
         key = (len(self), tuple(sorted(self.stall_options.items())))
         if self._report_cache is None or self._report_cache[0] != key:
             self._report_cache = (key, analyze_stalls(**self._stall_inputs(), **self.stall_options))
@@ -232,7 +232,7 @@ class LossHistory:
 
     @property
     def stalls(self) -> pd.DataFrame:
-        """:func:`~nbgradcheck.stalls.find_stalls` on the recorded run."""
+        """:func:`~nbgradcheck.training.stalls.find_stalls` on the recorded run."""
         return self.report.to_table()
 
     @property
@@ -293,7 +293,7 @@ class LossHistory:
     def _repr_html_(self) -> str:
         if not self._losses:
             return "<p><b>LossHistory</b>: nothing logged yet</p>"
-        from nbgradcheck.lossplot import figure_to_png, plot_loss
+        from nbgradcheck.views.lossplot import figure_to_png, plot_loss
 
         png = base64.b64encode(figure_to_png(plot_loss(self))).decode("ascii")
         return (

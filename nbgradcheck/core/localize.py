@@ -55,8 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from .diagnose import transposition_partners
-from .engine import (
+from nbgradcheck.adapters.numpy import ParameterSet
+from nbgradcheck.core.diagnose import transposition_partners
+from nbgradcheck.core.engine import (
     KINK_SIDE_RATIO,
     NOISE_FACTOR,
     REFINE_FACTOR,
@@ -71,10 +72,14 @@ from .engine import (
     run_tensor,
     step_sizes,
 )
-from .errors import LossError, NonFiniteLossError
-from .params import ParameterSet
-from .progress import Progress, chunk_size, should_show
-from .result import MAX_FLOOR_EXCUSE, GradCheckResult, TensorCheck, relative_difference
+from nbgradcheck.core.progress import Progress, chunk_size, should_show
+from nbgradcheck.core.result import (
+    MAX_FLOOR_EXCUSE,
+    GradCheckResult,
+    TensorCheck,
+    relative_difference,
+)
+from nbgradcheck.errors import LossError, NonFiniteLossError
 
 # Whole-tensor directions: a tensor whose gradient is wrong passes all of them with
 # probability at most 2**-DIRECTIONS (see the module docstring). Tensors of at most this
@@ -495,7 +500,7 @@ class TensorSearch:
     def tests(self, groups: list[np.ndarray], signs: list[np.ndarray],
               level: int) -> list[DirectionalTest | None]:
         """Directional tests of several groups; their losses computed by the workers in
-        one batch when the check runs on an executor (see :mod:`nbgradcheck.parallel`)."""
+        one batch when the check runs on an executor (see :mod:`nbgradcheck.parallel.executor`)."""
         runner = self.setup.runner
         if runner is None or len(groups) < 2:
             return [self.test(g, s, level) for g, s in zip(groups, signs)]

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from nbgradcheck.history import LossHistory
+from nbgradcheck.training.history import LossHistory
 
 __all__ = ["TorchRecorder", "keras_callback", "lightning_callback"]
 

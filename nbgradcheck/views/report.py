@@ -8,7 +8,7 @@ JSON schema (``to_dict`` / ``to_json``), version 1. Stable: fields may be added 
 later version, none is renamed or removed without raising ``schema_version``::
 
     {
-      "schema": "nbgradcheck.result", "schema_version": 1, "nbgradcheck_version": "0.1.0",
+      "schema": "nbgradcheck.core.result", "schema_version": 1, "nbgradcheck_version": "0.1.0",
       "passed": false, "verdict": "wrong", "difference": 0.101, "floor": 3.1e-08,
       "method": "central", "eps": 1e-06,          # or "auto"
       "mode": "full", "tol": 1e-05, "complete": true,
@@ -50,10 +50,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from pandas.io.formats.style import Styler
 
-    from .result import GradCheckResult, TensorCheck
-    from .sweep import EpsSweep
+    from nbgradcheck.api.sweep import EpsSweep
+    from nbgradcheck.core.result import GradCheckResult, TensorCheck
 
-SCHEMA = "nbgradcheck.result"
+SCHEMA = "nbgradcheck.core.result"
 SCHEMA_VERSION = 1
 # Dark enough for white text on them, distinct enough to tell apart at a glance.
 VERDICT_COLOURS = {
@@ -133,7 +133,7 @@ class ResultViews:
 
         ``elements=False`` leaves out the per-element arrays (the summary only).
         """
-        from . import __version__
+        from nbgradcheck import __version__
 
         summary = {
             "schema": SCHEMA,
@@ -176,7 +176,7 @@ class ResultViews:
         ``sweep_eps`` (the loss is not saved), and the analytic gradient is known
         only at the checked elements.
         """
-        from .result import GradCheckResult
+        from nbgradcheck.core.result import GradCheckResult
 
         validate_schema(data)
         return GradCheckResult(
@@ -234,12 +234,12 @@ class ResultViews:
     # -- figures --------------------------------------------------------------------------
     def heatmap(self: GradCheckResult, name: str | list[str] | None = None,
                 scale: str = "log", **options: Any) -> Figure:
-        """Per-element discrepancy, one panel per tensor; see :func:`nbgradcheck.plots.heatmap`.
+        """Per-element discrepancy, one panel per tensor; see :func:`nbgradcheck.views.figures.heatmap`.
 
         ``scale``: 'log' (relative error, verdict thresholds on the colour bar), 'abs' or
         'signed'; ``options``: ``highlight_above``, ``pool_above``, ``dpi``.
         """
-        from .plots import heatmap
+        from nbgradcheck.views.figures import heatmap
 
         return heatmap(self, name, scale, **options)
 
@@ -248,9 +248,9 @@ class ResultViews:
         """The error against the step ε for this check's loss, parameters and gradients.
 
         Uses the check's own mode, sample and seed unless ``changes`` overrides them;
-        see :func:`nbgradcheck.sweep.sweep_eps`.
+        see :func:`nbgradcheck.api.sweep.sweep_eps`.
         """
-        from .sweep import DEFAULT_EPS, sweep_eps
+        from nbgradcheck.api.sweep import DEFAULT_EPS, sweep_eps
 
         if not self.rerun:
             raise ValueError(
@@ -398,7 +398,7 @@ def validate_schema(data: Any) -> None:
 
 
 def tensor_from_dict(entry: dict[str, Any], tol: float) -> TensorCheck:
-    from .result import TensorCheck
+    from nbgradcheck.core.result import TensorCheck
 
     shape = tuple(int(n) for n in entry["shape"])
     elements = entry["elements"]
@@ -460,7 +460,7 @@ def heatmap_html(result: GradCheckResult) -> str:
     """The failing tensors' heatmap as an <img> with the PNG inlined (base64)."""
     import base64
 
-    from .plots import figure_png, heatmap
+    from nbgradcheck.views.figures import figure_png, heatmap
 
     names = result.failing[:HTML_MAX_PANELS]
     figure = heatmap(result, names, dpi=HTML_DPI)

@@ -17,9 +17,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from nbgradcheck.history import LossHistory
-from nbgradcheck.plots import figure_png
-from nbgradcheck.stalls import StallReport, analyze_stalls, as_loss_array, plural
+from nbgradcheck.training.history import LossHistory
+from nbgradcheck.training.stalls import StallReport, analyze_stalls, as_loss_array, plural
+from nbgradcheck.views.figures import figure_png
 
 __all__ = ["figure_to_png", "lossplot_from_value", "plot_loss"]
 
@@ -290,7 +290,7 @@ def plot_loss(
     """Plot a loss history with its stalls.
 
     Args:
-        history_or_losses: a :class:`~nbgradcheck.history.LossHistory`, a sequence or array
+        history_or_losses: a :class:`~nbgradcheck.training.history.LossHistory`, a sequence or array
             of losses, a pandas Series, or a DataFrame with a ``loss`` column (and optional
             ``epoch``, ``step``, ``grad_norm/<name>`` columns, as ``LossHistory.to_frame``).
         epochs: epoch of each loss (for plain losses).
@@ -300,7 +300,7 @@ def plot_loss(
         show_stalls: shade and label stalls, the converged tail and divergence.
         title: figure title (default: the number of stalls and the verdict).
         figsize: figure size in inches.
-        **stall_options: passed to :func:`~nbgradcheck.stalls.find_stalls`.
+        **stall_options: passed to :func:`~nbgradcheck.training.stalls.find_stalls`.
 
     Returns:
         A :class:`matplotlib.figure.Figure` (not registered with pyplot).

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .params import format_index
-from .report import ResultViews
+from nbgradcheck.adapters.numpy import format_index
+from nbgradcheck.views.report import ResultViews
 
 VERDICT_THRESHOLDS = (("correct", 1e-7), ("ok", 1e-5), ("suspicious", 1e-3))
 VERDICT_ORDER = ("empty", "correct", "ok", "suspicious", "wrong")
@@ -151,8 +151,8 @@ class TensorCheck:
 
     @property
     def diagnosis(self) -> Any:
-        """A :class:`~nbgradcheck.diagnose.Diagnosis` of this tensor's numbers."""
-        from .diagnose import diagnose
+        """A :class:`~nbgradcheck.core.diagnose.Diagnosis` of this tensor's numbers."""
+        from nbgradcheck.core.diagnose import diagnose
 
         return diagnose(self)
 
@@ -324,7 +324,7 @@ class GradCheckResult(ResultViews):
 
     @property
     def diagnoses(self) -> dict[str, Any]:
-        """Parameter name → :class:`~nbgradcheck.diagnose.Diagnosis`, for every failing
+        """Parameter name → :class:`~nbgradcheck.core.diagnose.Diagnosis`, for every failing
         tensor and for passing ones with something to say (kinks, round-off); a tensor
         with nothing to report is left out."""
         found = {t.name: t.diagnosis for t in self.tensors}
@@ -332,8 +332,8 @@ class GradCheckResult(ResultViews):
 
     @property
     def diagnosis(self) -> Any:
-        """One :class:`~nbgradcheck.diagnose.Diagnosis` for the whole check."""
-        from .diagnose import diagnose_result
+        """One :class:`~nbgradcheck.core.diagnose.Diagnosis` for the whole check."""
+        from nbgradcheck.core.diagnose import diagnose_result
 
         return diagnose_result(self.diagnoses, self.failing, self.complete)
 
@@ -383,13 +383,13 @@ class GradCheckResult(ResultViews):
 
     def inspect(self) -> Any:
         """The inspector widget (the static report where widgets cannot render)."""
-        from .notebook.widgets import inspect
+        from nbgradcheck.views.inspector import inspect
 
         return inspect(self)
 
     def recheck(self, **changes: Any) -> GradCheckResult:
         """Run the same check again, with some arguments changed (e.g. ``eps=1e-4``)."""
-        from .engine import check
+        from nbgradcheck.core.engine import check
 
         arguments = {**self.rerun, **changes}
         return check(arguments.pop("loss"), arguments.pop("params"), arguments.pop("grads"),

@@ -62,11 +62,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .adapters import parameter_set
-from .errors import GradCheckError, UnpicklableLossError
+from nbgradcheck.adapters.registry import parameter_set
+from nbgradcheck.errors import GradCheckError, UnpicklableLossError
 
 if TYPE_CHECKING:
-    from .engine import CheckSetup, TensorPlan
+    from nbgradcheck.core.engine import CheckSetup, TensorPlan
 
 # One task holds between this many seconds of loss evaluations: enough to amortize a
 # task's overhead (a millisecond or so), little enough to keep the workers balanced.
@@ -644,7 +644,7 @@ class WorkerCopy:
 
     def run_plan(self, task: ChunkTask, outputs: Outputs) -> None:
         """The engine's own loop over the chunk (it restores every element it perturbs)."""
-        from . import engine
+        from nbgradcheck.core import engine
 
         if task.batched and not self.bound:
             self.params.bind_loss(self.loss, self.pass_argument)
@@ -661,8 +661,8 @@ class WorkerCopy:
     def run_groups(self, task: GroupTask, out: list) -> None:
         """J with each group at its two points in turn, as fast mode's tests evaluate it;
         each group is restored exactly afterwards."""
-        from .engine import make_evaluator
-        from .localize import group_setter
+        from nbgradcheck.core.engine import make_evaluator
+        from nbgradcheck.core.localize import group_setter
 
         evaluate = make_evaluator(self.loss, self.params, self.pass_argument, task.seed)
         set_group = group_setter(self.params, task.position)
@@ -689,7 +689,7 @@ def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
     data = payload if payload is not None else _installed.get(token)
     if data is None:
         return None
-    from .engine import takes_argument
+    from nbgradcheck.core.engine import takes_argument
 
     global payload_loads
     payload_loads += 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GradientError, ParameterError, ParametersModifiedError
+from nbgradcheck.errors import GradientError, ParameterError, ParametersModifiedError
 
 SINGLE_ARRAY_NAME = "theta"
 

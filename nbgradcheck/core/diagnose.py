@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .params import format_index
+from nbgradcheck.adapters.numpy import format_index
 
 # Kinds that describe the check, not a bug in the gradient.
 NOT_BUGS = ("ok", "kink", "noise", "random")
@@ -220,7 +220,7 @@ def significant_factor(evidence: Evidence, factor: float) -> bool:
 
 
 def diagnose(tensor: Any) -> Diagnosis:
-    """Explain the numbers of one :class:`~nbgradcheck.result.TensorCheck`.
+    """Explain the numbers of one :class:`~nbgradcheck.core.result.TensorCheck`.
 
     A passing tensor gets kind 'ok', or 'kink' / 'noise' when kinks or round-off were
     excused; a failing tensor always gets a diagnosis other than 'ok'.

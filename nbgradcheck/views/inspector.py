@@ -20,11 +20,11 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from ..engine import METHODS, takes_argument
-from ..errors import GradCheckError
-from ..plots import figure_png
-from ..report import VERDICT_COLOURS
-from ..result import VERDICT_ORDER, GradCheckResult, TensorCheck
+from nbgradcheck.core.engine import METHODS, takes_argument
+from nbgradcheck.core.result import VERDICT_ORDER, GradCheckResult, TensorCheck
+from nbgradcheck.errors import GradCheckError
+from nbgradcheck.views.figures import figure_png
+from nbgradcheck.views.report import VERDICT_COLOURS
 
 BADGES = {"correct": "✔", "ok": "✔", "suspicious": "⚠", "wrong": "✘", "empty": "…"}
 SCALES = (("log relative", "log"), ("absolute", "abs"), ("signed", "signed"))

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import parameter_set
-from .errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
-from .parallel import parallel_runner
-from .params import ParameterSet, element_setter, format_index
-from .progress import Progress, chunk_size, should_show
-from .result import GradCheckResult, TensorCheck
+from nbgradcheck.adapters.numpy import ParameterSet, element_setter, format_index
+from nbgradcheck.adapters.registry import parameter_set
+from nbgradcheck.core.progress import Progress, chunk_size, should_show
+from nbgradcheck.core.result import GradCheckResult, TensorCheck
+from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
+from nbgradcheck.parallel.executor import parallel_runner
 
 METHODS = ("central", "forward", "backward", "complex")
 MODES = ("full", "sample", "fast", "auto")
@@ -104,7 +104,7 @@ def check(
             elements (default 10) of every tensor, spread over the tensor;
             ``"fast"`` tests each tensor along random-sign directions and localizes
             the wrong elements of failing tensors by group testing (see
-            :mod:`nbgradcheck.localize`); ``"auto"`` (default) is full when 2n
+            :mod:`nbgradcheck.core.localize`); ``"auto"`` (default) is full when 2n
             evaluations would take at most 10 s, else fast.
         tol: the largest relative difference that passes.
         seed: re-seed NumPy's and Python's global RNGs before every evaluation, so a
@@ -114,7 +114,7 @@ def check(
             to take more than a second.
         executor: evaluate the loss on workers: a ``concurrent.futures`` executor (e.g.
             ``ProcessPoolExecutor``), a Dask ``Client`` or anything with
-            ``submit(fn, *args)`` returning a future (see :mod:`nbgradcheck.parallel`).
+            ``submit(fn, *args)`` returning a future (see :mod:`nbgradcheck.parallel.executor`).
             The loss and parameters are pickled with cloudpickle and shipped once per
             worker; the result is identical to the serial check's.
         n_jobs: evaluate the loss in this many local processes (-1: one per core).
@@ -496,7 +496,7 @@ def plan_tensors(setup: CheckSetup, eps: float | str, method: str, mode: str,
 def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | None,
               method: str, mode: str, sample: int | None, tol: float, seed: int | None,
               progress: bool | None) -> GradCheckResult:
-    from .localize import choose_mode, fast_check, probe_repeatability
+    from nbgradcheck.core.localize import choose_mode, fast_check, probe_repeatability
 
     notes = list(setup.notes)
     eps = resolve_eps(eps, method, setup.params, notes)
