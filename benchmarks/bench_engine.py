@@ -44,7 +44,7 @@ def vector_to_dictionary(theta: np.ndarray, layout: list) -> dict:
     parameters, start = {}, 0
     for key, shape in layout:
         size = int(np.prod(shape))
-        parameters[key] = theta[start:start + size].reshape(shape)
+        parameters[key] = theta[start : start + size].reshape(shape)
         start += size
     return parameters
 
@@ -89,31 +89,39 @@ def compare(label: str, dims: tuple, m: int, max_coordinates: int | None) -> Non
     if max_coordinates and n > max_coordinates:
         sample = max_coordinates // (len(dims) - 1) // 2
     kwargs = {"mode": "sample", "sample": sample, "seed": 0} if sample else {"mode": "full"}
-    check_seconds, result = timed(ng.check, net.loss, net.parameters, net.gradients,
-                                  progress=False, **kwargs)
+    check_seconds, result = timed(
+        ng.check, net.loss, net.parameters, net.gradients, progress=False, **kwargs
+    )
     checked = result.n_checked
     offsets = np.cumsum([0] + [t.size for t in result.tensors[:-1]])
     coordinates = np.concatenate([o + t.indices for o, t in zip(offsets, result.tensors)])
-    naive_seconds, approx = timed(naive_gradient_check, net.X, net.Y, net.parameters,
-                                  coordinates)
+    naive_seconds, approx = timed(naive_gradient_check, net.X, net.Y, net.parameters, coordinates)
     numeric = np.concatenate([t.numeric for t in result.tensors])
     assert np.allclose(approx, numeric, rtol=1e-6, atol=1e-9), "baseline disagrees"
     bare_seconds, _ = timed(bare_evaluations, net, result.n_evaluations)
     scope = "all" if checked == n else f"{checked} sampled"
-    print(f"{label:>4} | {n:>7,} params | {scope:>12} coords | check {check_seconds:7.2f} s | "
-          f"course loop {naive_seconds:7.2f} s | speed-up {naive_seconds / check_seconds:5.2f}x"
-          f" | overhead over bare evals {100 * (check_seconds / bare_seconds - 1):+5.1f} %")
+    print(
+        f"{label:>4} | {n:>7,} params | {scope:>12} coords | check {check_seconds:7.2f} s | "
+        f"course loop {naive_seconds:7.2f} s | speed-up {naive_seconds / check_seconds:5.2f}x"
+        f" | overhead over bare evals {100 * (check_seconds / bare_seconds - 1):+5.1f} %"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
-    parser.add_argument("--max-coordinates", type=int, default=6000,
-                        help="above this many parameters, time a stratified sample")
+    parser.add_argument(
+        "--max-coordinates",
+        type=int,
+        default=6000,
+        help="above this many parameters, time a stratified sample",
+    )
     args = parser.parse_args()
     sizes = {"1e3": SIZES["1e3"]} if args.quick else SIZES
-    print("nbgradcheck.check vs the course per-coordinate loop (same coordinates, same "
-          "process; central differences, eps=1e-6)")
+    print(
+        "nbgradcheck.check vs the course per-coordinate loop (same coordinates, same "
+        "process; central differences, eps=1e-6)"
+    )
     for label, (dims, m) in sizes.items():
         compare(label, dims, m, args.max_coordinates)
 

@@ -45,10 +45,20 @@ def synthetic_result(shape: tuple[int, int] = SHAPE) -> GradCheckResult:
     numeric[np.ravel_multi_index(WRONG, shape)] *= -1
     zeros = np.zeros(size)
     tensor = TensorCheck(
-        name="W", shape=shape, dtype=np.dtype(np.float64), indices=np.arange(size),
-        values=zeros, analytic=analytic, numeric=numeric, step=zeros + 1e-6,
-        loss_plus=zeros, loss_minus=zeros, noise=zeros + 1e-14,
-        kink=np.zeros(size, dtype=bool), analytic_full=analytic.reshape(shape), tol=1e-5,
+        name="W",
+        shape=shape,
+        dtype=np.dtype(np.float64),
+        indices=np.arange(size),
+        values=zeros,
+        analytic=analytic,
+        numeric=numeric,
+        step=zeros + 1e-6,
+        loss_plus=zeros,
+        loss_minus=zeros,
+        noise=zeros + 1e-14,
+        kink=np.zeros(size, dtype=bool),
+        analytic_full=analytic.reshape(shape),
+        tol=1e-5,
     )
     return GradCheckResult([tensor], "central", 1e-6, "full", 1e-5, 2 * size, 1.0)
 
@@ -68,8 +78,10 @@ def wrong_pixels(result: GradCheckResult, pool_above: int | None) -> int:
     pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
     panel = figure.axes[0].get_window_extent()
     height = pixels.shape[0]
-    inside = pixels[int(height - panel.y1) + 2: int(height - panel.y0) - 2,
-                    int(panel.x0) + 2: int(panel.x1) - 2]
+    inside = pixels[
+        int(height - panel.y1) + 2 : int(height - panel.y0) - 2,
+        int(panel.x0) + 2 : int(panel.x1) - 2,
+    ]
     red, green, blue = inside[..., 0], inside[..., 1], inside[..., 2]
     return int(((red > 80) & (green < 40) & (blue < 40)).sum())
 
@@ -85,15 +97,16 @@ def main() -> None:
         pooled.append(draw(result, POOL_ABOVE))
         full.append(draw(result, None))
     pooled_s, full_s = statistics.median(pooled), statistics.median(full)
-    print(f"heatmap of a {SHAPE[0]}×{SHAPE[1]} tensor (1,000,000 elements), "
-          f"figure built and rendered to PNG, median CPU time of {repeats}:")
+    print(
+        f"heatmap of a {SHAPE[0]}×{SHAPE[1]} tensor (1,000,000 elements), "
+        f"figure built and rendered to PNG, median CPU time of {repeats}:"
+    )
     cells = "×".join(map(str, result.heatmap().axes[0].images[0].get_array().shape))
     print(f"  block-max pooled ({cells} cells): {pooled_s:.3f} s")
     print(f"  every cell drawn (1000×1000):    {full_s:.3f} s")
     print(f"  ratio (unpooled / pooled):       {full_s / pooled_s:.2f}×")
     print("pixels showing the wrong element's red in the rendered panel:")
-    print(f"  pooled: {wrong_pixels(result, POOL_ABOVE)}, "
-          f"unpooled: {wrong_pixels(result, None)}")
+    print(f"  pooled: {wrong_pixels(result, POOL_ABOVE)}, unpooled: {wrong_pixels(result, None)}")
 
 
 if __name__ == "__main__":

@@ -57,8 +57,13 @@ class QuadraticModel:
 
     def gradients(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shared = self.shared(p)
-        return {n: self.curvature[n] * theta + self.linear[n] - COSINE * np.sin(theta)
-                + shared * self.coupling[n] for n, theta in p.items()}
+        return {
+            n: self.curvature[n] * theta
+            + self.linear[n]
+            - COSINE * np.sin(theta)
+            + shared * self.coupling[n]
+            for n, theta in p.items()
+        }
 
     def shared(self, p: dict[str, np.ndarray]) -> float:
         return sum(float(np.sum(self.coupling[n] * theta)) for n, theta in p.items())
@@ -68,8 +73,9 @@ class QuadraticModel:
         return sum(theta.size for theta in self.params.values())
 
 
-def plant_wrong_elements(grads: dict[str, np.ndarray], name: str, count: int,
-                         rng: np.random.Generator) -> set[tuple[int, ...]]:
+def plant_wrong_elements(
+    grads: dict[str, np.ndarray], name: str, count: int, rng: np.random.Generator
+) -> set[tuple[int, ...]]:
     """Make ``count`` random elements of ``grads[name]`` wrong; returns their indices."""
     flat = grads[name].reshape(-1)
     chosen = rng.choice(flat.size, count, replace=False)
@@ -93,10 +99,14 @@ def timed_check(model: QuadraticModel, grads: dict, seed: int) -> tuple[ng.GradC
 
 
 def one_wrong_element(model: QuadraticModel, trials: int) -> None:
-    print(f"\n1. One wrong element in a {model.size:,}-parameter model "
-          f"(a full check: {2 * model.size:,} evaluations)")
-    print(f"{'trial':>5} {'tensor':>6} {'element':>12} {'found exactly':>14} "
-          f"{'evaluations':>12} {'seconds':>8}")
+    print(
+        f"\n1. One wrong element in a {model.size:,}-parameter model "
+        f"(a full check: {2 * model.size:,} evaluations)"
+    )
+    print(
+        f"{'trial':>5} {'tensor':>6} {'element':>12} {'found exactly':>14} "
+        f"{'evaluations':>12} {'seconds':>8}"
+    )
     rng = np.random.default_rng(100)
     for trial in range(trials):
         grads = model.gradients(model.params)
@@ -106,16 +116,19 @@ def one_wrong_element(model: QuadraticModel, trials: int) -> None:
         found = found_elements(result)
         exact = found[name] == planted and not any(found[n] for n in found if n != name)
         exact &= result.failing == [name]
-        print(f"{trial:>5} {name:>6} {next(iter(planted))!s:>12} {exact!s:>14} "
-              f"{result.n_evaluations:>12,} {seconds:>8.1f}")
+        print(
+            f"{trial:>5} {name:>6} {next(iter(planted))!s:>12} {exact!s:>14} "
+            f"{result.n_evaluations:>12,} {seconds:>8.1f}"
+        )
 
 
 def k_wrong_elements(model: QuadraticModel, counts: list[int], trials: int) -> None:
     size = model.params["W1"].size
-    print(f"\n2. k wrong elements scattered in W1 ({size:,} elements; mean of {trials} "
-          f"trials)")
-    print(f"{'k':>4} {'all found':>10} {'evaluations':>12} {'per k·log2(n)':>14} "
-          f"{'on W1':>8} {'W1 per k·log2(n)':>17} {'seconds':>8}")
+    print(f"\n2. k wrong elements scattered in W1 ({size:,} elements; mean of {trials} trials)")
+    print(
+        f"{'k':>4} {'all found':>10} {'evaluations':>12} {'per k·log2(n)':>14} "
+        f"{'on W1':>8} {'W1 per k·log2(n)':>17} {'seconds':>8}"
+    )
     rng = np.random.default_rng(200)
     for k in counts:
         evaluations, per_tensor, seconds, exact = [], [], [], True
@@ -129,8 +142,10 @@ def k_wrong_elements(model: QuadraticModel, counts: list[int], trials: int) -> N
             seconds.append(elapsed)
         mean, on_w1 = float(np.mean(evaluations)), float(np.mean(per_tensor))
         scale = k * np.log2(size)
-        print(f"{k:>4} {exact!s:>10} {mean:>12,.0f} {mean / scale:>14.1f} {on_w1:>8,.0f} "
-              f"{on_w1 / scale:>17.1f} {np.mean(seconds):>8.1f}")
+        print(
+            f"{k:>4} {exact!s:>10} {mean:>12,.0f} {mean / scale:>14.1f} {on_w1:>8,.0f} "
+            f"{on_w1 / scale:>17.1f} {np.mean(seconds):>8.1f}"
+        )
 
 
 def scaled_tensor(model: QuadraticModel) -> None:
@@ -141,25 +156,30 @@ def scaled_tensor(model: QuadraticModel) -> None:
         grads[name] = 2 * grads[name]
         result, seconds = timed_check(model, grads, seed=trial)
         label = result.diagnoses[name].label if name in result.diagnoses else ""
-        print(f"{name:>6} {result.failing == [name]!s:>8} {label:>12} "
-              f"{result.n_evaluations:>12,} {seconds:>8.1f}")
+        print(
+            f"{name:>6} {result.failing == [name]!s:>8} {label:>12} "
+            f"{result.n_evaluations:>12,} {seconds:>8.1f}"
+        )
 
 
 def false_alarms(seeds: int, big_seeds: int) -> None:
     print("\n4. False alarms on correct models (fast mode, one check per seed)")
-    print(f"{'model':>34} {'checks':>7} {'false alarms':>13} {'rate':>7} "
-          f"{'evaluations':>12}")
-    cases = [("quadratic, 1,000,000 params", big_seeds, quadratic_case),
-             ("ReLU net 64-128-64-1, float64", seeds, network_case(np.float64)),
-             ("ReLU net 64-128-64-1, float32", seeds, network_case(np.float32))]
+    print(f"{'model':>34} {'checks':>7} {'false alarms':>13} {'rate':>7} {'evaluations':>12}")
+    cases = [
+        ("quadratic, 1,000,000 params", big_seeds, quadratic_case),
+        ("ReLU net 64-128-64-1, float64", seeds, network_case(np.float64)),
+        ("ReLU net 64-128-64-1, float32", seeds, network_case(np.float32)),
+    ]
     for label, count, run in cases:
         alarms, evaluations = 0, []
         for seed in range(count):
             result = run(seed)
             alarms += not result.passed
             evaluations.append(result.n_evaluations)
-        print(f"{label:>34} {count:>7} {alarms:>13} {alarms / count:>7.1%} "
-              f"{np.mean(evaluations):>12,.0f}")
+        print(
+            f"{label:>34} {count:>7} {alarms:>13} {alarms / count:>7.1%} "
+            f"{np.mean(evaluations):>12,.0f}"
+        )
 
 
 def quadratic_case(seed: int) -> ng.GradCheckResult:
@@ -170,8 +190,10 @@ def quadratic_case(seed: int) -> ng.GradCheckResult:
 def network_case(dtype: type):
     def run(seed: int) -> ng.GradCheckResult:
         net = course_network((64, 128, 64, 1), m=32, seed=seed, dtype=dtype)
-        return ng.check(net.loss, net.parameters, net.gradients, mode="fast", seed=seed,
-                        progress=False)
+        return ng.check(
+            net.loss, net.parameters, net.gradients, mode="fast", seed=seed, progress=False
+        )
+
     return run
 
 

@@ -68,12 +68,15 @@ def timed_check(loss: Callable, params: dict, grads: dict, **options: Any) -> tu
 
 
 def same_numbers(first: Any, second: Any) -> bool:
-    return all(np.array_equal(a.numeric, b.numeric) and np.array_equal(a.loss_plus, b.loss_plus)
-               for a, b in zip(first.tensors, second.tensors))
+    return all(
+        np.array_equal(a.numeric, b.numeric) and np.array_equal(a.loss_plus, b.loss_plus)
+        for a, b in zip(first.tensors, second.tensors)
+    )
 
 
-def seconds_per_evaluation(loss: Callable, params: dict, repeat: int = 20,
-                           clock: Callable[[], float] = time.process_time) -> float:
+def seconds_per_evaluation(
+    loss: Callable, params: dict, repeat: int = 20, clock: Callable[[], float] = time.process_time
+) -> float:
     started = clock()
     for _ in range(repeat):
         loss(params)
@@ -96,10 +99,12 @@ def dask_cluster(workers: int, trim_memory: bool = False) -> tuple[Any, Any]:
     from distributed import Client, LocalCluster
 
     environ = {} if trim_memory else {"MALLOC_TRIM_THRESHOLD_": None}
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{key}": value
-                          for key, value in environ.items()}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0")
+    with dask.config.set(
+        {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in environ.items()}
+    ):
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
     return cluster, Client(cluster)
 
 
@@ -131,8 +136,9 @@ class Timings:
     def __init__(self, loss: Callable, params: dict, grads: dict) -> None:
         self.problem = loss, params, grads
 
-    def compare(self, label: str, worker_pids: Callable[[], list[int]] | None = None,
-                **options: Any) -> None:
+    def compare(
+        self, label: str, worker_pids: Callable[[], list[int]] | None = None, **options: Any
+    ) -> None:
         cpu = time.process_time()
         serial_s, serial = timed_check(*self.problem)
         serial_cpu = time.process_time() - cpu
@@ -142,8 +148,10 @@ class Timings:
         used = time.process_time() - cpu + sum(after[p] - workers.get(p, 0.0) for p in after)
         assert same_numbers(serial, result), f"{label}: results differ from the serial check"
         work = f"CPU {used / serial_cpu:4.2f}× serial's" if worker_pids else " " * 20
-        print(f"{label:<40}{seconds:7.1f} s   serial {serial_s:5.1f} s   speed-up "
-              f"{serial_s / seconds:4.2f}×   {work}   (load {os.getloadavg()[0]:.1f})")
+        print(
+            f"{label:<40}{seconds:7.1f} s   serial {serial_s:5.1f} s   speed-up "
+            f"{serial_s / seconds:4.2f}×   {work}   (load {os.getloadavg()[0]:.1f})"
+        )
 
 
 def run_speedups(n_parameters: int, workers: list[int]) -> None:
@@ -151,23 +159,29 @@ def run_speedups(n_parameters: int, workers: list[int]) -> None:
     loss, params, grads = sine_problem(n_parameters, width)
     cpu = seconds_per_evaluation(loss, params)
     wall = seconds_per_evaluation(loss, params, clock=time.perf_counter)
-    print(f"loss: {cpu * 1e3:.1f} ms CPU ({wall * 1e3:.1f} ms wall) per evaluation (width "
-          f"{width}), {n_parameters:,} parameters, {2 * n_parameters + 2:,} evaluations")
-    print(f"hardware ceiling now: two processes evaluate the loss "
-          f"{hardware_ceiling((n_parameters, width)):.2f}× as fast as one")
+    print(
+        f"loss: {cpu * 1e3:.1f} ms CPU ({wall * 1e3:.1f} ms wall) per evaluation (width "
+        f"{width}), {n_parameters:,} parameters, {2 * n_parameters + 2:,} evaluations"
+    )
+    print(
+        f"hardware ceiling now: two processes evaluate the loss "
+        f"{hardware_ceiling((n_parameters, width)):.2f}× as fast as one"
+    )
     timings = Timings(loss, params, grads)
     timings.compare("n_jobs=2 (pool start-up included)", n_jobs=2)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=parallel.process_context()) as pool:
         warm(pool)
-        timings.compare("ProcessPoolExecutor(2)", lambda: list(pool._processes),
-                        executor=pool)
+        timings.compare("ProcessPoolExecutor(2)", lambda: list(pool._processes), executor=pool)
     for count, trim_memory in [(count, False) for count in workers] + [(max(workers), True)]:
         cluster, client = dask_cluster(count, trim_memory)
         try:
             warm(client)
             label = f"Dask LocalCluster, {count} worker{'s' * (count > 1)}"
-            timings.compare(label + (" (Dask's malloc trim)" if trim_memory else ""),
-                            functools.partial(dask_worker_pids, client), executor=client)
+            timings.compare(
+                label + (" (Dask's malloc trim)" if trim_memory else ""),
+                functools.partial(dask_worker_pids, client),
+                executor=client,
+            )
         finally:
             client.close()
             cluster.close()
@@ -199,8 +213,9 @@ def run_chunk_overhead(n_parameters: int) -> None:
     one_element = parallel.elements_per_chunk
     parallel.elements_per_chunk = lambda *args: 1
     try:
-        with concurrent.futures.ProcessPoolExecutor(2, mp_context=parallel.process_context()) \
-                as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=parallel.process_context()
+        ) as pool:
             warm(pool)
             pool_s, _ = timed_check(loss, params, grads, executor=pool)
         cluster, client = dask_cluster(2)
@@ -212,17 +227,24 @@ def run_chunk_overhead(n_parameters: int) -> None:
             cluster.close()
     finally:
         parallel.elements_per_chunk = one_element
-    print(f"per-chunk overhead ({n_parameters:,} one-element tasks, loss "
-          f"{serial_s / (2 * n_parameters) * 1e6:.0f} µs): ProcessPoolExecutor "
-          f"{pool_s / n_parameters * 1e3:.2f} ms, Dask {dask_s / n_parameters * 1e3:.2f} ms "
-          f"(tasks hold {parallel.MIN_CHUNK_SECONDS}–{parallel.MAX_CHUNK_SECONDS} s of work)")
+    print(
+        f"per-chunk overhead ({n_parameters:,} one-element tasks, loss "
+        f"{serial_s / (2 * n_parameters) * 1e6:.0f} µs): ProcessPoolExecutor "
+        f"{pool_s / n_parameters * 1e3:.2f} ms, Dask {dask_s / n_parameters * 1e3:.2f} ms "
+        f"(tasks hold {parallel.MIN_CHUNK_SECONDS}–{parallel.MAX_CHUNK_SECONDS} s of work)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="400 parameters")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                        help="Dask LocalCluster sizes for the scaling curve")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="Dask LocalCluster sizes for the scaling curve",
+    )
     arguments = parser.parse_args()
     parallel.keep_freed_memory()  # the malloc thresholds the workers get, here too
     n_parameters = 400 if arguments.quick else 2000

@@ -59,8 +59,11 @@ def compare(name: str, problem: tuple, repeats: int) -> float:
         for progress in (False, True):
             times[progress].append(cpu_seconds(problem, progress))
     off, on = min(times[False]), min(times[True])
-    print(f"{name:<12} off {off:7.3f} s   on {on:7.3f} s   on/off {on / off:6.3f}   "
-          f"({repeats} runs each, best CPU time; {2 * ELEMENTS:.0e} evaluations)", flush=True)
+    print(
+        f"{name:<12} off {off:7.3f} s   on {on:7.3f} s   on/off {on / off:6.3f}   "
+        f"({repeats} runs each, best CPU time; {2 * ELEMENTS:.0e} evaluations)",
+        flush=True,
+    )
     return on / off
 
 
@@ -68,8 +71,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 runs each instead of 5")
     repeats = 2 if parser.parse_args().quick else 5
-    ratios = [compare("dot", dot_problem(), repeats),
-              compare("one element", one_element_problem(), repeats)]
+    ratios = [
+        compare("dot", dot_problem(), repeats),
+        compare("one element", one_element_problem(), repeats),
+    ]
     verdict = "within" if max(ratios) <= 1.05 else "OVER"
     print(f"progress bar overhead: worst on/off {max(ratios):.3f}, {verdict} the 5% target")
 

@@ -46,15 +46,17 @@ def mlp(sizes: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> nn.Sequent
     return nn.Sequential(*layers[:-1]).to(dtype)
 
 
-def classification_loss(model: nn.Module, inputs: int, classes: int, batch: int,
-                        dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+def classification_loss(
+    model: nn.Module, inputs: int, classes: int, batch: int, dtype: torch.dtype
+) -> Callable[[], torch.Tensor]:
     x = torch.randn(batch, inputs, dtype=dtype)
     y = torch.randint(0, classes, (batch,))
     return lambda: nn.functional.cross_entropy(model(x), y)
 
 
-def gradcheck_on_parameters(model: nn.Module, closure: Callable[[], torch.Tensor],
-                            fast_mode: bool) -> tuple[bool, str]:
+def gradcheck_on_parameters(
+    model: nn.Module, closure: Callable[[], torch.Tensor], fast_mode: bool
+) -> tuple[bool, str]:
     """torch.autograd.gradcheck over the model's parameters via functional_call."""
     names = [name for name, _ in model.named_parameters()]
 
@@ -90,18 +92,27 @@ def full_check_row(sizes: tuple[int, ...], batch: int, run_gradcheck: bool) -> N
     closure = classification_loss(model, sizes[0], sizes[-1], batch, torch.float64)
     count = sum(p.numel() for p in model.parameters())
     vectorized_s, vectorized = cpu_time(
-        lambda: ng.check(closure, TorchParameters(model), None, mode="full", progress=False))
-    loop_s, looped = cpu_time(lambda: ng.check(
-        closure, TorchParameters(model, vectorize=False), None, mode="full", progress=False))
-    line = (f"MLP {'-'.join(map(str, sizes))} ({count:,} parameters, batch {batch}): "
-            f"nbgradcheck vectorized {vectorized_s:.1f} s ({vectorized.verdict}), "
-            f"loop {loop_s:.1f} s ({looped.verdict})")
+        lambda: ng.check(closure, TorchParameters(model), None, mode="full", progress=False)
+    )
+    loop_s, looped = cpu_time(
+        lambda: ng.check(
+            closure, TorchParameters(model, vectorize=False), None, mode="full", progress=False
+        )
+    )
+    line = (
+        f"MLP {'-'.join(map(str, sizes))} ({count:,} parameters, batch {batch}): "
+        f"nbgradcheck vectorized {vectorized_s:.1f} s ({vectorized.verdict}), "
+        f"loop {loop_s:.1f} s ({looped.verdict})"
+    )
     if run_gradcheck:
         gradcheck_s, (passed, _) = cpu_time(
-            lambda: gradcheck_on_parameters(model, closure, fast_mode=False))
-        line += (f"; gradcheck slow {gradcheck_s:.1f} s ({'pass' if passed else 'FAIL'})"
-                 f" → {gradcheck_s / vectorized_s:.1f}× (vectorized), "
-                 f"{gradcheck_s / loop_s:.1f}× (loop)")
+            lambda: gradcheck_on_parameters(model, closure, fast_mode=False)
+        )
+        line += (
+            f"; gradcheck slow {gradcheck_s:.1f} s ({'pass' if passed else 'FAIL'})"
+            f" → {gradcheck_s / vectorized_s:.1f}× (vectorized), "
+            f"{gradcheck_s / loop_s:.1f}× (loop)"
+        )
     print(line, flush=True)
 
 
@@ -141,18 +152,26 @@ def planted_bug_row(inputs: int, hidden: int) -> None:
     model = BigNet(inputs, hidden, 10).double()
     closure = classification_loss(model, inputs, 10, 32, torch.float64)
     count = sum(p.numel() for p in model.parameters())
-    fast_s, result = cpu_time(lambda: ng.check(closure, TorchParameters(model), None,
-                                               mode="fast", seed=0, progress=False))
+    fast_s, result = cpu_time(
+        lambda: ng.check(closure, TorchParameters(model), None, mode="fast", seed=0, progress=False)
+    )
     tensor = result.tensor("fc1.weight")
     found = [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]]
-    print(f"planted bug in fc1.weight[123, 45] of a {count:,}-parameter model: "
-          f"nbgradcheck fast mode {fast_s:.1f} s, failing {result.failing}, "
-          f"elements {found}, {result.n_evaluations} loss evaluations", flush=True)
+    print(
+        f"planted bug in fc1.weight[123, 45] of a {count:,}-parameter model: "
+        f"nbgradcheck fast mode {fast_s:.1f} s, failing {result.failing}, "
+        f"elements {found}, {result.n_evaluations} loss evaluations",
+        flush=True,
+    )
     gradcheck_s, (passed, message) = cpu_time(
-        lambda: gradcheck_on_parameters(model, closure, fast_mode=True))
+        lambda: gradcheck_on_parameters(model, closure, fast_mode=True)
+    )
     summary = message.strip().splitlines()[0] if message else "no mismatch reported"
-    print(f"  torch.autograd.gradcheck(fast_mode=True) {gradcheck_s:.1f} s: "
-          f"{'pass' if passed else 'FAIL'} — {summary[:150]}", flush=True)
+    print(
+        f"  torch.autograd.gradcheck(fast_mode=True) {gradcheck_s:.1f} s: "
+        f"{'pass' if passed else 'FAIL'} — {summary[:150]}",
+        flush=True,
+    )
 
 
 # -- 3. float32 verdicts ---------------------------------------------------------------------
@@ -189,15 +208,17 @@ def float32_row(nets: int, factor: float) -> None:
         for float64 in (False, True):
             params = TorchParameters(model, float64=float64)
             correct = ng.check(closure, params, None, mode="full", progress=False)
-            buggy = ng.check(lambda c=closure: c(factor), params, None, mode="full",
-                             progress=False)
+            buggy = ng.check(lambda c=closure: c(factor), params, None, mode="full", progress=False)
             counts[float64][0] += not correct.passed
             counts[float64][1] += buggy.failing != ["0.weight"]
     for float64, (false_alarms, missed) in counts.items():
-        print(f"float32 MLPs 8-16-4 (batch 32), {nets} nets, checked "
-              f"{'with float64=True' if float64 else 'in float32'}: {false_alarms} correct "
-              f"models called wrong; {missed} of {nets} single-element bugs "
-              f"(dW[1, 2] × {factor}) missed", flush=True)
+        print(
+            f"float32 MLPs 8-16-4 (batch 32), {nets} nets, checked "
+            f"{'with float64=True' if float64 else 'in float32'}: {false_alarms} correct "
+            f"models called wrong; {missed} of {nets} single-element bugs "
+            f"(dW[1, 2] × {factor}) missed",
+            flush=True,
+        )
 
 
 def warm_up() -> None:

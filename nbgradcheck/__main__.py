@@ -25,8 +25,9 @@ def run_demo() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nbgradcheck",
-                                     description="Gradient checking for hand-written backprop.")
+    parser = argparse.ArgumentParser(
+        prog="python -m nbgradcheck", description="Gradient checking for hand-written backprop."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="check a small network with planted bugs, then fixed")
     arguments = parser.parse_args(argv)

@@ -34,14 +34,16 @@ def initialize(layer_dims: list[int], seed: int = 1, dtype: type = np.float64) -
     params: Params = {}
     for layer in range(1, len(layer_dims)):
         fan_in, fan_out = layer_dims[layer - 1], layer_dims[layer]
-        params[f"W{layer}"] = (rng.standard_normal((fan_out, fan_in)) *
-                               np.sqrt(2 / fan_in)).astype(dtype)
+        params[f"W{layer}"] = (rng.standard_normal((fan_out, fan_in)) * np.sqrt(2 / fan_in)).astype(
+            dtype
+        )
         params[f"b{layer}"] = (0.1 * rng.standard_normal((fan_out, 1))).astype(dtype)
     return params
 
 
-def make_data(n_features: int, m: int, seed: int = 2,
-              dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    n_features: int, m: int, seed: int = 2, dtype: type = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
     """X of shape (n_features, m) and binary labels Y of shape (1, m)."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n_features, m)).astype(dtype)
@@ -111,9 +113,13 @@ class CourseNetwork:
         return sum(p.size for p in self.parameters.values())
 
 
-def course_network(layer_dims: tuple[int, ...] = (4, 5, 3, 1), m: int = 3,
-                   bugs: tuple[str, ...] = (), seed: int = 1,
-                   dtype: type = np.float64) -> CourseNetwork:
+def course_network(
+    layer_dims: tuple[int, ...] = (4, 5, 3, 1),
+    m: int = 3,
+    bugs: tuple[str, ...] = (),
+    seed: int = 1,
+    dtype: type = np.float64,
+) -> CourseNetwork:
     """The classic three-layer exercise network (47 parameters by default)."""
     X, Y = make_data(layer_dims[0], m, seed=seed + 1, dtype=dtype)
     return CourseNetwork(X, Y, initialize(list(layer_dims), seed=seed, dtype=dtype), bugs)

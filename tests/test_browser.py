@@ -31,16 +31,25 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip("the browser test needs Debian's Chromium at /usr/bin/chromium "
-                "(apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs "
-                               "Python's playwright (pip install playwright)")
+    pytest.skip(
+        "the browser test needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="the browser test needs Python's playwright (pip install playwright)",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Generous: two busy cores start a server, a browser and kernels. Nothing waits this
 # long when all is well.
 SERVER_START_S = 90
@@ -48,13 +57,27 @@ KERNEL_IDLE_MS = 90_000
 RUN_ALL_MS = 120_000
 RENDER_MS = 30_000
 # Folders of the repository the served copy leaves out.
-NOT_SERVED = (".git", ".venv", "venv", "test-artifacts", "__pycache__", ".pytest_cache",
-              ".ruff_cache", ".hypothesis", "*.egg-info", "build", "dist",
-              ".ipynb_checkpoints", ".mypy_cache")
+NOT_SERVED = (
+    ".git",
+    ".venv",
+    "venv",
+    "test-artifacts",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "*.egg-info",
+    "build",
+    "dist",
+    ".ipynb_checkpoints",
+    ".mypy_cache",
+)
 LAB_SETTINGS = {
     # A news/update toast would cover the page.
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-        {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
     # Every cell stays in the DOM (no virtual scrolling of cells out of view).
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
@@ -117,14 +140,23 @@ def lab(tmp_path_factory):
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
     }
     command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-        "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={served}", f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={jupyter / 'workspaces'}", "--expose-app-in-browser",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={served}",
+        f"--LabApp.user_settings_dir={settings}",
+        f"--LabApp.workspaces_dir={jupyter / 'workspaces'}",
+        "--expose-app-in-browser",
     ]
     with log.open("w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=environment, cwd=served)
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=served
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_server(f"{url}/api/status?token={token}", process, log)
@@ -141,8 +173,9 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         try:
             yield chromium
         finally:
@@ -233,16 +266,21 @@ def open_and_run(page, lab: Lab, path: str):
     page.wait_for_function(RUN_FINISHED, timeout=RUN_ALL_MS, polling=250)
     not_run = page.evaluate(NOT_RUN)
     if not_run:  # the page fixture saves the screenshot
-        pytest.fail(f"{path}: run-all stopped; code cells {not_run} did not run. "
-                    f"Errors: {error_texts(page, notebook)}")
+        pytest.fail(
+            f"{path}: run-all stopped; code cells {not_run} did not run. "
+            f"Errors: {error_texts(page, notebook)}"
+        )
     return notebook
 
 
 def error_texts(page, notebook) -> list[str]:
     """Error outputs, and stderr outputs that carry a traceback or an error."""
     errors = page.evaluate(ERROR_OUTPUTS)
-    stderr = [text.strip() for text in notebook.locator(STDERR_OUTPUT).all_inner_texts()
-              if "Traceback" in text or "Error" in text]
+    stderr = [
+        text.strip()
+        for text in notebook.locator(STDERR_OUTPUT).all_inner_texts()
+        if "Traceback" in text or "Error" in text
+    ]
     return errors + stderr
 
 
@@ -271,8 +309,11 @@ def png_bytes(image) -> bytes:
     src = image.get_attribute("src")
     if src.startswith("data:image/png;base64,"):
         return base64.b64decode(src.split(",", 1)[1])
-    return bytes(image.evaluate("async img => Array.from(new Uint8Array(await "
-                                "(await fetch(img.src)).arrayBuffer()))"))
+    return bytes(
+        image.evaluate(
+            "async img => Array.from(new Uint8Array(await (await fetch(img.src)).arrayBuffer()))"
+        )
+    )
 
 
 def stall_shading(png: bytes) -> float:
@@ -291,16 +332,22 @@ def stall_shading(png: bytes) -> float:
     colour = np.array(matplotlib.colors.to_rgb(STALL_COLOR))
     darkened = 1 - colour > 0.1
     opacity = (1 - pixels[..., darkened]) / (1 - colour[darkened])
-    blended = ((opacity.max(axis=-1) - opacity.min(axis=-1) < 0.04)
-               & (opacity.mean(axis=-1) > 0.05) & (opacity.mean(axis=-1) < 0.6)
-               & np.all(np.abs(pixels[..., ~darkened] - 1) < 0.04, axis=-1))
+    blended = (
+        (opacity.max(axis=-1) - opacity.min(axis=-1) < 0.04)
+        & (opacity.mean(axis=-1) > 0.05)
+        & (opacity.mean(axis=-1) < 0.6)
+        & np.all(np.abs(pixels[..., ~darkened] - 1) < 0.04, axis=-1)
+    )
     return float(blended.mean())
 
 
 def assert_png(image) -> None:
     image.wait_for(state="visible", timeout=RENDER_MS)
-    image.page.wait_for_function("img => img.complete && img.naturalWidth > 50",
-                                 arg=image.element_handle(), timeout=RENDER_MS)
+    image.page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 50",
+        arg=image.element_handle(),
+        timeout=RENDER_MS,
+    )
     assert png_bytes(image)[:8] == PNG_SIGNATURE
 
 
@@ -310,8 +357,11 @@ def assert_png(image) -> None:
 def test_quickstart_shows_the_report_and_a_working_inspector(page, lab):
     notebook = open_and_run(page, lab, "notebooks/quickstart.ipynb")
 
-    inspector = notebook.locator(".jp-OutputArea-output .widget-vbox").filter(
-        has=page.locator(".widget-select select")).first
+    inspector = (
+        notebook.locator(".jp-OutputArea-output .widget-vbox")
+        .filter(has=page.locator(".widget-select select"))
+        .first
+    )
     inspector.wait_for(state="visible", timeout=RENDER_MS)
     selector = inspector.locator(".widget-select select")
     heatmap = inspector.locator("img.widget-image")
@@ -338,17 +388,22 @@ def test_quickstart_shows_the_report_and_a_working_inspector(page, lab):
     assert selector.input_value().split() == other.split()
     page.wait_for_function(
         "([img, before]) => img.getAttribute('src') !== before",
-        arg=[heatmap.element_handle(), heatmap_before], timeout=RENDER_MS)
+        arg=[heatmap.element_handle(), heatmap_before],
+        timeout=RENDER_MS,
+    )
     assert_png(heatmap)
     page.wait_for_function(
         "([node, label]) => { const m = node.innerText.match(/Worst elements of (\\S+)/);"
         " return !!m && label.split(/\\s+/).includes(m[1]); }",
-        arg=[inspector.element_handle(), other], timeout=RENDER_MS)
+        arg=[inspector.element_handle(), other],
+        timeout=RENDER_MS,
+    )
     screenshot(inspector, "quickstart-inspector-after-select")
 
     # The static report (--no-widget): the table of tensors with their verdicts.
     report_tables = notebook.locator(".jp-OutputArea-output").filter(
-        has=page.locator(".nbgradcheck-result table"))
+        has=page.locator(".nbgradcheck-result table")
+    )
     assert report_tables.count() >= 1
     assert "verdict" in report_tables.first.inner_text()
     screenshot(report_tables.first, "quickstart-report")

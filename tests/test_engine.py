@@ -103,8 +103,9 @@ def test_non_contiguous_parameters_are_perturbed_in_place_and_restored():
 @pytest.mark.parametrize("method", ["forward", "backward"])
 def test_one_sided_methods_pass_correct_and_catch_bugs(method, net, buggy_net):
     good = ng.check(net.loss, net.parameters, net.gradients, method=method, mode="full")
-    bad = ng.check(buggy_net.loss, buggy_net.parameters, buggy_net.gradients, method=method,
-                   mode="full")
+    bad = ng.check(
+        buggy_net.loss, buggy_net.parameters, buggy_net.gradients, method=method, mode="full"
+    )
     assert good.passed and good.method == method
     assert good.n_evaluations == 2 + 47
     assert sorted(bad.failing) == ["W2", "b1"]
@@ -114,8 +115,9 @@ def test_central_is_second_order_and_one_sided_first_order():
     """f(θ) = θ³ at θ = 1 with ε = 0.01: central 3.0001, forward 3.0301 (true 3)."""
     theta = np.array([1.0])
     central = ng.check(lambda t: t[0] ** 3, theta, np.array([3.0]), eps=0.01, tol=1e-2)
-    forward_ = ng.check(lambda t: t[0] ** 3, theta, np.array([3.0]), eps=0.01,
-                        method="forward", tol=1e-2)
+    forward_ = ng.check(
+        lambda t: t[0] ** 3, theta, np.array([3.0]), eps=0.01, method="forward", tol=1e-2
+    )
     assert central.numeric["theta"][0] == pytest.approx(3.0001, abs=1e-12)
     assert forward_.numeric["theta"][0] == pytest.approx(3.0301, abs=1e-12)
 
@@ -131,14 +133,14 @@ def test_complex_step_reaches_machine_precision(net, buggy_net):
 
 def test_complex_step_needs_the_parameters_as_argument(net):
     with pytest.raises(ng.GradCheckError, match=r"complex.*argument"):
-        ng.check(lambda: net.loss(net.parameters), net.parameters, net.gradients,
-                 method="complex")
+        ng.check(lambda: net.loss(net.parameters), net.parameters, net.gradients, method="complex")
 
 
 def test_complex_step_through_a_real_cast_is_an_error(net):
     with pytest.raises(ng.LossError, match="drops the imaginary part"):
-        ng.check(lambda p: float(np.real(net.loss(p))), net.parameters, net.gradients,
-                 method="complex")
+        ng.check(
+            lambda p: float(np.real(net.loss(p))), net.parameters, net.gradients, method="complex"
+        )
 
 
 def test_auto_eps_scales_with_magnitude():
@@ -303,8 +305,7 @@ def test_nan_loss_names_the_perturbed_element():
         return float(np.sum(np.log(t)))
 
     before = frozen(theta)
-    with pytest.raises(ng.NonFiniteLossError, match=r"theta\[1\].*−ε"), \
-            warnings.catch_warnings():
+    with pytest.raises(ng.NonFiniteLossError, match=r"theta\[1\].*−ε"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ng.check(loss, theta, 1 / theta, eps=1e-6)
     assert frozen(theta) == before
@@ -382,12 +383,10 @@ def test_step_too_small_for_the_dtype_is_explained():
 
 def test_result_views(buggy_net):
     result = ng.check(buggy_net.loss, buggy_net.parameters, buggy_net.gradients)
-    columns = {"shape", "size", "checked", "difference", "max_abs_error", "worst_index",
-               "verdict"}
+    columns = {"shape", "size", "checked", "difference", "max_abs_error", "worst_index", "verdict"}
     assert columns <= set(result.table.columns)
     elements = result.elements("W2", sort_by="abs_error")
-    assert list(elements.columns[:5]) == ["index", "analytic", "numeric", "abs_error",
-                                          "rel_error"]
+    assert list(elements.columns[:5]) == ["index", "analytic", "numeric", "abs_error", "rel_error"]
     assert elements["abs_error"].is_monotonic_decreasing
     assert elements.loc[0, "index"] == result.table.loc["W2", "worst_index"]
     assert np.allclose(elements["analytic"], 2 * elements["numeric"], rtol=1e-5)
@@ -420,6 +419,5 @@ def test_a_true_zero_gradient_with_round_off_in_the_analytic_one_passes():
     grads = {"W": 2 * params["W"], "b": np.array([1e-18, -3e-19])}
     result = ng.check(loss, params, grads, mode="full")
     assert result.passed and result.table.loc["b", "verdict"] == "ok"
-    wrong = ng.check(loss, params, {"W": 2 * params["W"], "b": np.array([1e-3, 0.0])},
-                     mode="full")
+    wrong = ng.check(loss, params, {"W": 2 * params["W"], "b": np.array([1e-3, 0.0])}, mode="full")
     assert wrong.failing == ["b"]

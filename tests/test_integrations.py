@@ -36,7 +36,8 @@ def one_torch_thread():
 def test_importing_the_package_modules_imports_no_framework():
     code = (
         "import sys\n"
-        "import nbgradcheck.training.integrations, nbgradcheck.training.history, nbgradcheck.views.lossplot\n"
+        "import nbgradcheck.training.integrations, nbgradcheck.training.history\n"
+        "import nbgradcheck.views.lossplot\n"
         "import nbgradcheck.training.stalls\n"
         "heavy = [m for m in ('torch', 'keras', 'lightning', 'pytorch_lightning', 'jax',"
         " 'tensorflow', 'matplotlib.pyplot') if m in sys.modules]\n"

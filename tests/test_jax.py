@@ -30,8 +30,10 @@ def check(loss, params, grads=None, **options):
 
 
 def tree_bits(tree):
-    return [(np.asarray(leaf).dtype.str, np.asarray(leaf).tobytes())
-            for leaf in jax.tree_util.tree_leaves(tree)]
+    return [
+        (np.asarray(leaf).dtype.str, np.asarray(leaf).tobytes())
+        for leaf in jax.tree_util.tree_leaves(tree)
+    ]
 
 
 @jax.custom_vjp
@@ -78,8 +80,10 @@ def network(dtype=np.float32, seed=0):
     def normal(*shape, scale=1.0):
         return jnp.asarray((scale * rng.standard_normal(shape)).astype(dtype))
 
-    params = {"hidden": {"w": normal(4, 6, scale=0.5), "b": normal(6, scale=0.1)},
-              "out": [normal(6, 3, scale=0.5), normal(3, scale=0.1)]}
+    params = {
+        "hidden": {"w": normal(4, 6, scale=0.5), "b": normal(6, scale=0.1)},
+        "out": [normal(6, 3, scale=0.5), normal(3, scale=0.1)],
+    }
     x = normal(10, 4)
     labels = jnp.arange(10) % 3
 
@@ -116,8 +120,7 @@ def test_custom_vjp_element_bug_found_on_exactly_its_element(bug):
     result = check(loss, params)  # float32 leaves, checked in float64
     assert result.failing == ["hidden.w"]
     tensor = result.tensor("hidden.w")
-    assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
-        == [(2, 1)]
+    assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] == [(2, 1)]
 
 
 def test_custom_vjp_missing_derivative_fails_in_float32(bug):
@@ -132,8 +135,10 @@ def test_flat_dict_single_array_and_tuple_return():
     w = jnp.array([0.3, -1.2, 2.0])
     result = check(lambda t: (jnp.sum(jnp.sin(t)), {"aux": 1}), w)
     assert result.passed and result.names == ["theta"]
-    result = check(lambda p: jnp.sum(p["a"] ** 3) + jnp.sum(p["b"]),
-                   {"a": jnp.array([1.0, 2.0]), "b": jnp.ones(2)})
+    result = check(
+        lambda p: jnp.sum(p["a"] ** 3) + jnp.sum(p["b"]),
+        {"a": jnp.array([1.0, 2.0]), "b": jnp.ones(2)},
+    )
     assert result.passed and result.names == ["a", "b"]
 
 
@@ -141,8 +146,12 @@ def test_user_given_gradients_as_pytree_dict_or_list():
     params, loss = network()
     grads = jax.grad(loss)(params)
     assert check(loss, params, grads).passed
-    by_name = {"hidden.w": grads["hidden"]["w"], "dhidden.b": grads["hidden"]["b"],
-               "out.0": grads["out"][0], "out.1": grads["out"][1]}
+    by_name = {
+        "hidden.w": grads["hidden"]["w"],
+        "dhidden.b": grads["hidden"]["b"],
+        "out.0": grads["out"][0],
+        "out.1": grads["out"][1],
+    }
     assert check(loss, params, by_name).passed
     wrong = jax.tree_util.tree_map(lambda g: g, grads)
     wrong["out"][1] = -wrong["out"][1]
@@ -205,8 +214,11 @@ def test_vectorized_equals_looped(monkeypatch):
     monkeypatch.setattr(adapter, "MIN_BATCH", 1)
     calls = []
     original = adapter.JaxParameterSet.vmapped_losses
-    monkeypatch.setattr(adapter.JaxParameterSet, "vmapped_losses",
-                        lambda self, *a: calls.append(a[0]) or original(self, *a))
+    monkeypatch.setattr(
+        adapter.JaxParameterSet,
+        "vmapped_losses",
+        lambda self, *a: calls.append(a[0]) or original(self, *a),
+    )
     rng = np.random.default_rng(3)
     params = {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), "b": jnp.zeros(5)}
     x = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
@@ -219,8 +231,9 @@ def test_vectorized_equals_looped(monkeypatch):
     looped = check(loss, JaxParameters(params, vectorize=False))
     assert list(batched.table["verdict"]) == list(looped.table["verdict"])
     for name in batched.names:
-        np.testing.assert_allclose(batched.numeric[name], looped.numeric[name], rtol=1e-7,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            batched.numeric[name], looped.numeric[name], rtol=1e-7, atol=1e-12
+        )
 
 
 def test_batched_losses_directly_match_the_loop():
@@ -228,12 +241,10 @@ def test_batched_losses_directly_match_the_loop():
     parameters = jax_parameter_set(JaxParameters(params, float64=False))
     parameters.bind_loss(loss, True)
     indices = np.arange(24)
-    values = parameters.flat_values(1, indices) + np.linspace(-0.3, 0.3, 24,
-                                                              dtype=np.float32)
+    values = parameters.flat_values(1, indices) + np.linspace(-0.3, 0.3, 24, dtype=np.float32)
     batched = parameters.batched_losses(1, indices, values)
     assert parameters.batch_fallback is None
-    np.testing.assert_allclose(batched, parameters.looped_losses(1, indices, values),
-                               rtol=1e-5)
+    np.testing.assert_allclose(batched, parameters.looped_losses(1, indices, values), rtol=1e-5)
     assert parameters.arrays[1].tobytes() == np.asarray(params["hidden"]["w"]).tobytes()
 
 
@@ -310,8 +321,10 @@ def test_loss_mutating_a_numpy_leaf_is_refused_and_undone():
 
 def test_fast_mode_localizes_a_single_wrong_element():
     rng = np.random.default_rng(1)
-    params = {"w": jnp.asarray(0.2 * rng.standard_normal((30, 40)), jnp.float32),
-              "b": jnp.zeros(40)}
+    params = {
+        "w": jnp.asarray(0.2 * rng.standard_normal((30, 40)), jnp.float32),
+        "b": jnp.zeros(40),
+    }
     x = jnp.asarray(rng.standard_normal((16, 30)), jnp.float32)
 
     def loss(p):
@@ -322,5 +335,4 @@ def test_fast_mode_localizes_a_single_wrong_element():
     result = check(loss, params, grads, mode="fast", seed=0)
     assert result.failing == ["w"]
     tensor = result.tensor("w")
-    assert (7, 11) in [tensor.multi_index(int(i))
-                       for i in tensor.indices[tensor.element_failing]]
+    assert (7, 11) in [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]]

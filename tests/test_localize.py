@@ -23,8 +23,9 @@ class Quadratic:
     def __init__(self, shapes=SHAPES, seed=0, order="C"):
         rng = np.random.default_rng(seed)
         total = sum(int(np.prod(s)) for s in shapes.values())
-        self.params = {n: np.asarray(rng.standard_normal(s), order=order)
-                       for n, s in shapes.items()}
+        self.params = {
+            n: np.asarray(rng.standard_normal(s), order=order) for n, s in shapes.items()
+        }
         self.d = {n: rng.uniform(0.5, 2.0, s) for n, s in shapes.items()}
         self.c = {n: rng.standard_normal(s) for n, s in shapes.items()}
         self.w = {n: rng.standard_normal(s) / np.sqrt(total) for n, s in shapes.items()}
@@ -32,14 +33,18 @@ class Quadratic:
 
     def loss(self, p):
         self.calls += 1
-        value = sum(float(np.sum((0.5 * self.d[n] * t + self.c[n]) * t + 0.1 * np.cos(t)))
-                    for n, t in p.items())
+        value = sum(
+            float(np.sum((0.5 * self.d[n] * t + self.c[n]) * t + 0.1 * np.cos(t)))
+            for n, t in p.items()
+        )
         return value + 0.5 * self.shared(p) ** 2
 
     def gradients(self, p):
         shared = self.shared(p)
-        return {n: self.d[n] * t + self.c[n] - 0.1 * np.sin(t) + shared * self.w[n]
-                for n, t in p.items()}
+        return {
+            n: self.d[n] * t + self.c[n] - 0.1 * np.sin(t) + shared * self.w[n]
+            for n, t in p.items()
+        }
 
     def shared(self, p):
         return sum(float(np.sum(self.w[n] * t)) for n, t in p.items())
@@ -47,8 +52,10 @@ class Quadratic:
 
 def wrong_found(result):
     """{tensor: {multi-index}} of the elements checked one by one and found wrong."""
-    return {t.name: {t.multi_index(i) for i in t.indices[t.element_failing & ~t.kink]}
-            for t in result.tensors}
+    return {
+        t.name: {t.multi_index(i) for i in t.indices[t.element_failing & ~t.kink]}
+        for t in result.tensors
+    }
 
 
 def plant(grads, name, flat_indices):
@@ -117,8 +124,9 @@ def test_one_sided_methods_localize_too(method):
     model = Quadratic(seed=4)
     grads = model.gradients(model.params)
     planted = plant(grads, "b", [1999])
-    result = ng.check(model.loss, model.params, grads, mode="fast", method=method, seed=4,
-                      eps=1e-7, tol=1e-4)
+    result = ng.check(
+        model.loss, model.params, grads, mode="fast", method=method, seed=4, eps=1e-7, tol=1e-4
+    )
     assert result.failing == ["b"] and wrong_found(result)["b"] == planted
     assert result.n_evaluations == model.calls
 
@@ -126,8 +134,9 @@ def test_one_sided_methods_localize_too(method):
 def test_correct_models_pass_across_seeds():
     for seed in range(4):
         model = Quadratic(seed=10 + seed)
-        result = ng.check(model.loss, model.params, model.gradients(model.params),
-                          mode="fast", seed=seed)
+        result = ng.check(
+            model.loss, model.params, model.gradients(model.params), mode="fast", seed=seed
+        )
         assert result.passed, result
         assert result.diagnoses == {}
         assert all(len(t.directional.tests) == localize.DIRECTIONS for t in result.tensors)
@@ -150,12 +159,15 @@ def test_a_scaled_tensor_is_flagged_as_dense_and_diagnosed_cheaply():
     assert result.n_evaluations <= 200
 
 
-@pytest.mark.parametrize("bug, name, kind", [
-    (lambda g: g.update(W3=g["W3"].T.copy()), "W3", "transpose"),
-    (lambda g: g.update(W2=g["W2"].T.reshape(100, 40)), "W2", "transpose"),
-    (lambda g: g.update(b=-g["b"]), "b", "sign"),
-    (lambda g: g.update(W1=np.zeros((60, 100))), "W1", "zero"),
-])
+@pytest.mark.parametrize(
+    "bug, name, kind",
+    [
+        (lambda g: g.update(W3=g["W3"].T.copy()), "W3", "transpose"),
+        (lambda g: g.update(W2=g["W2"].T.reshape(100, 40)), "W2", "transpose"),
+        (lambda g: g.update(b=-g["b"]), "b", "sign"),
+        (lambda g: g.update(W1=np.zeros((60, 100))), "W1", "zero"),
+    ],
+)
 def test_dense_bugs_are_diagnosed_in_fast_mode(bug, name, kind):
     model = Quadratic(seed=6)
     grads = model.gradients(model.params)
@@ -278,8 +290,9 @@ def test_group_setter_falls_back_to_the_element_setter():
 def test_fast_mode_rejects_complex_steps():
     model = Quadratic(seed=14)
     with pytest.raises(ng.GradCheckError, match="mode='fast' needs real steps"):
-        ng.check(model.loss, model.params, model.gradients(model.params), mode="fast",
-                 method="complex")
+        ng.check(
+            model.loss, model.params, model.gradients(model.params), mode="fast", method="complex"
+        )
 
 
 def test_summary_and_table_describe_fast_mode():

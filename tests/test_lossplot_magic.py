@@ -12,8 +12,13 @@ from IPython.utils.capture import capture_output
 
 from nbgradcheck import LossHistory
 
-PLATEAU = np.concatenate([np.linspace(2.0, 1.0, 30), np.full(40, 1.0) + 1e-4 *
-                          np.sin(np.arange(40)), np.linspace(1.0, 0.05, 30)])
+PLATEAU = np.concatenate(
+    [
+        np.linspace(2.0, 1.0, 30),
+        np.full(40, 1.0) + 1e-4 * np.sin(np.arange(40)),
+        np.linspace(1.0, 0.05, 30),
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,9 @@ def test_load_ext_registers_both_magics(ip):
     assert "gradcheck" in ip.magics_manager.magics["cell"]
 
 
-@pytest.mark.parametrize("value", [list(PLATEAU), PLATEAU, pd.Series(PLATEAU),
-                                   pd.DataFrame({"loss": PLATEAU})])
+@pytest.mark.parametrize(
+    "value", [list(PLATEAU), PLATEAU, pd.Series(PLATEAU), pd.DataFrame({"loss": PLATEAU})]
+)
 def test_lossplot_shows_the_plot_and_stall_table(ip, value):
     ip.push({"losses": value})
     outputs = shown(ip, "%lossplot losses")

@@ -124,13 +124,21 @@ def test_attribute_expressions_and_braces_are_taken_verbatim(ip, net):
 def test_a_torch_module_needs_no_gradient_option(ip):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
-                                torch.nn.Linear(4, 1)).double()
-    ip.push({"model": model, "torch": torch, "xs": torch.randn(5, 3, dtype=torch.float64),
-             "ys": torch.randn(5, 1, dtype=torch.float64)})
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+    ).double()
+    ip.push(
+        {
+            "model": model,
+            "torch": torch,
+            "xs": torch.randn(5, 3, dtype=torch.float64),
+            "ys": torch.randn(5, 1, dtype=torch.float64),
+        }
+    )
     before = [p.detach().clone() for p in model.parameters()]
-    result = ip.run_line_magic("gradcheck", "-q --wrt model "
-                                            "torch.nn.functional.mse_loss(model(xs), ys)")
+    result = ip.run_line_magic(
+        "gradcheck", "-q --wrt model torch.nn.functional.mse_loss(model(xs), ys)"
+    )
     assert result.passed and result.n_checked == 21  # autograd supplies the gradient
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -332,7 +340,8 @@ MISTAKES = {
     ),
     "options after the expression": (
         "%gradcheck forward(X, Y, parameters) --wrt parameters --grads gradients",
-        "required: --wrt (options go before the loss expression)"),
+        "required: --wrt (options go before the loss expression)",
+    ),
     "missing expression": (
         "%gradcheck --wrt parameters --grads gradients",
         "give the expression that computes the loss",
@@ -369,7 +378,8 @@ MISTAKES = {
     ),
     "cell magic with a syntax error": (
         "%%gradcheck --wrt parameters --grads gradients\ncost = forward(X, Y,\ncost",
-        "the cell is not valid Python (line 1)"),
+        "the cell is not valid Python (line 1)",
+    ),
     "cell magic with a name error": (
         "%%gradcheck --wrt parameters --grads gradients\ncost = forwrd(X, Y, parameters)\ncost",
         "NameError in cell: name 'forwrd' is not defined",

@@ -17,10 +17,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-nbclient = pytest.importorskip("nbclient", reason="nbclient runs the notebooks: pip install "
-                               "nbclient ipykernel")
-pytest.importorskip("ipykernel", reason="the notebooks need a python3 kernel: pip install "
-                    "ipykernel")
+nbclient = pytest.importorskip(
+    "nbclient", reason="nbclient runs the notebooks: pip install nbclient ipykernel"
+)
+pytest.importorskip(
+    "ipykernel", reason="the notebooks need a python3 kernel: pip install ipykernel"
+)
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -43,10 +45,19 @@ EXPECTED_MIME_TYPES = {
 }
 # Text a notebook's outputs must contain: the numbers its prose is about.
 EXPECTED_TEXT = {
-    "theory.ipynb": ["forward: 3.030100", "central: 3.000100", "Gradient check FAILED",
-                     "the analytic gradient is wrong"],
-    "regularization_dropout.ipynb": ["failing: W1, W2, W3", "λ/m = 0.1400", "RandomLossError",
-                                     "Gradient check PASSED", "['W1', 'b1']"],
+    "theory.ipynb": [
+        "forward: 3.030100",
+        "central: 3.000100",
+        "Gradient check FAILED",
+        "the analytic gradient is wrong",
+    ],
+    "regularization_dropout.ipynb": [
+        "failing: W1, W2, W3",
+        "λ/m = 0.1400",
+        "RandomLossError",
+        "Gradient check PASSED",
+        "['W1', 'b1']",
+    ],
 }
 # Optional packages a notebook needs: skipped (with the reason) where they are missing.
 REQUIRES = {
@@ -120,11 +131,16 @@ def test_the_notebooks_are_found():
 def test_notebook_is_committed_without_outputs(path):
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
-    dirty = [number for number, cell in enumerate(code_cells(notebook), start=1)
-             if cell.get("outputs") or cell.get("execution_count") is not None]
-    assert not dirty, (f"{path.name}: code cells {dirty} hold outputs or execution counts; "
-                       f"clear them before committing (jupyter nbconvert --clear-output "
-                       f"--inplace {path.relative_to(NOTEBOOKS_DIR.parent)})")
+    dirty = [
+        number
+        for number, cell in enumerate(code_cells(notebook), start=1)
+        if cell.get("outputs") or cell.get("execution_count") is not None
+    ]
+    assert not dirty, (
+        f"{path.name}: code cells {dirty} hold outputs or execution counts; "
+        f"clear them before committing (jupyter nbconvert --clear-output "
+        f"--inplace {path.relative_to(NOTEBOOKS_DIR.parent)})"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_id)
@@ -136,8 +152,11 @@ def test_notebook_runs_cleanly(path):
 
     problems = error_outputs(notebook)
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
-    unexecuted = [number for number, cell in enumerate(code_cells(notebook), start=1)
-                  if cell.source.strip() and cell.get("execution_count") is None]
+    unexecuted = [
+        number
+        for number, cell in enumerate(code_cells(notebook), start=1)
+        if cell.source.strip() and cell.get("execution_count") is None
+    ]
     assert not unexecuted, f"{path.name}: code cells {unexecuted} did not run"
 
     shown = mime_types(notebook)

@@ -12,16 +12,18 @@ HEAVY = ("torch", "jax", "IPython", "ipywidgets", "dask", "keras", "lightning")
 
 
 def test_import_needs_only_core_dependencies():
-    code = ("import sys, nbgradcheck; "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, nbgradcheck; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_demo_command_prints_the_failing_then_passing_tables():
-    out = subprocess.run([sys.executable, "-m", "nbgradcheck", "demo"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "nbgradcheck", "demo"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     failed, fixed = out.stdout.split("The same network with the bugs fixed")
     assert "Gradient check FAILED" in failed and "failing: b1, W2" in failed

@@ -24,15 +24,25 @@ cloudpickle = pytest.importorskip("cloudpickle")
 # Losses defined in this module travel by value, so workers need not import it.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-TENSOR_FIELDS = ("indices", "values", "analytic", "numeric", "step", "loss_plus",
-                 "loss_minus", "noise", "kink")
+TENSOR_FIELDS = (
+    "indices",
+    "values",
+    "analytic",
+    "numeric",
+    "step",
+    "loss_plus",
+    "loss_minus",
+    "noise",
+    "kink",
+)
 
 
 @pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -64,8 +74,9 @@ def assert_same_result(serial, parallel_result):
     for mine, theirs in zip(parallel_result.tensors, serial.tensors, strict=True):
         assert mine.verdict == theirs.verdict
         for name in TENSOR_FIELDS:
-            assert np.array_equal(getattr(mine, name), getattr(theirs, name), equal_nan=True), \
+            assert np.array_equal(getattr(mine, name), getattr(theirs, name), equal_nan=True), (
                 f"{mine.name}.{name}"
+            )
 
 
 def untimed(notes):
@@ -76,17 +87,25 @@ def curved_and_kinked():
     """A tensor whose large step fails by truncation until refined, a tensor with elements
     sitting on ReLU kinks, and a tensor with a wrong gradient element."""
     rng = np.random.default_rng(3)
-    params = {"curved": rng.uniform(-1, 1, 12), "kinked": rng.uniform(-1, 1, (3, 4)),
-              "wrong": rng.normal(size=(2, 5))}
+    params = {
+        "curved": rng.uniform(-1, 1, 12),
+        "kinked": rng.uniform(-1, 1, (3, 4)),
+        "wrong": rng.normal(size=(2, 5)),
+    }
     params["kinked"][0, :3] = [2e-3, -3e-3, 1e-3]  # within eps=1e-2 of the kink at 0
 
     def loss(p):
-        return float(np.sum(np.exp(2 * p["curved"])) + np.sum(np.maximum(p["kinked"], 0))
-                     + 0.5 * np.sum(p["wrong"] ** 2))
+        return float(
+            np.sum(np.exp(2 * p["curved"]))
+            + np.sum(np.maximum(p["kinked"], 0))
+            + 0.5 * np.sum(p["wrong"] ** 2)
+        )
 
-    grads = {"curved": 2 * np.exp(2 * params["curved"]),
-             "kinked": (params["kinked"] > 0).astype(float),
-             "wrong": params["wrong"].copy()}
+    grads = {
+        "curved": 2 * np.exp(2 * params["curved"]),
+        "kinked": (params["kinked"] > 0).astype(float),
+        "wrong": params["wrong"].copy(),
+    }
     grads["wrong"][1, 2] += 0.5
     return loss, params, grads
 
@@ -104,8 +123,9 @@ def test_full_check_with_kinks_refinement_and_a_bug_is_bit_identical(executor, s
 def test_course_network_with_planted_bugs_is_bit_identical(executor):
     net = course_network(bugs=("scale_dW2", "db1_4_over_m"))
     serial = ng.check(net.loss, net.parameters, net.gradients, mode="full")
-    assert_same_result(serial, ng.check(net.loss, net.parameters, net.gradients, mode="full",
-                                        executor=executor))
+    assert_same_result(
+        serial, ng.check(net.loss, net.parameters, net.gradients, mode="full", executor=executor)
+    )
 
 
 def smooth_problem():
@@ -125,8 +145,9 @@ def smooth_problem():
 def test_other_methods_are_bit_identical(process_pool, small_chunks, method):
     loss, params, grads = smooth_problem()
     serial = ng.check(loss, params, grads, method=method, mode="full")
-    assert_same_result(serial, ng.check(loss, params, grads, method=method, mode="full",
-                                        executor=process_pool))
+    assert_same_result(
+        serial, ng.check(loss, params, grads, method=method, mode="full", executor=process_pool)
+    )
 
 
 def test_sampled_check_of_a_seeded_dropout_loss_is_bit_identical(dask_client, small_chunks):
@@ -141,7 +162,7 @@ def test_sampled_check_of_a_seeded_dropout_loss_is_bit_identical(dask_client, sm
     def grads(p):
         mask = np.random.random((6, 20)) > 0.3
         hidden = np.tanh(p["W"] @ X * mask)
-        back = (p["v"][:, None] * (1 - hidden**2) * mask)
+        back = p["v"][:, None] * (1 - hidden**2) * mask
         return {"W": back @ X.T, "v": hidden.sum(axis=1)}
 
     options = dict(mode="sample", sample=20, seed=7)
@@ -153,11 +174,13 @@ def test_sampled_check_of_a_seeded_dropout_loss_is_bit_identical(dask_client, sm
 def test_n_jobs_and_a_thread_pool_give_the_serial_result(small_chunks):
     net = course_network(bugs=("scale_dW2",))
     serial = ng.check(net.loss, net.parameters, net.gradients, mode="full")
-    assert_same_result(serial, ng.check(net.loss, net.parameters, net.gradients, mode="full",
-                                        n_jobs=2))
+    assert_same_result(
+        serial, ng.check(net.loss, net.parameters, net.gradients, mode="full", n_jobs=2)
+    )
     with concurrent.futures.ThreadPoolExecutor(2) as threads:  # payload sent on demand
-        assert_same_result(serial, ng.check(net.loss, net.parameters, net.gradients,
-                                            mode="full", executor=threads))
+        assert_same_result(
+            serial, ng.check(net.loss, net.parameters, net.gradients, mode="full", executor=threads)
+        )
 
 
 def test_dask_workers_unpickle_the_loss_once_per_check(dask_client, small_chunks):
@@ -223,8 +246,7 @@ def test_a_nan_loss_names_the_element_like_the_serial_check(executor, small_chun
     with pytest.raises(NonFiniteLossError) as serial:
         ng.check(loss, params, {"b": 1 / params["b"]}, mode="full", eps=1e-6)
     with pytest.raises(NonFiniteLossError) as remote:
-        ng.check(loss, params, {"b": 1 / params["b"]}, mode="full", eps=1e-6,
-                 executor=executor)
+        ng.check(loss, params, {"b": 1 / params["b"]}, mode="full", eps=1e-6, executor=executor)
     assert str(remote.value) == str(serial.value) and "b[2]" in str(remote.value)
 
 
@@ -251,13 +273,24 @@ def test_a_loss_workers_cannot_import_gets_a_clear_error(dask_client, tmp_path, 
 
     params = {"W": np.ones(3)}
     with pytest.raises(UnpicklableLossError, match=r"could not unpickle.*only_here"):
-        ng.check(lambda p: float(np.sum(only_here.square(p["W"]))), params,
-                 {"W": 2 * params["W"]}, executor=dask_client)
+        ng.check(
+            lambda p: float(np.sum(only_here.square(p["W"]))),
+            params,
+            {"W": 2 * params["W"]},
+            executor=dask_client,
+        )
 
 
-@pytest.mark.parametrize("arguments", [dict(n_jobs=0), dict(n_jobs=True), dict(n_jobs=2.0),
-                                       dict(executor=object()),
-                                       dict(executor=object(), n_jobs=2)])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        dict(n_jobs=0),
+        dict(n_jobs=True),
+        dict(n_jobs=2.0),
+        dict(executor=object()),
+        dict(executor=object(), n_jobs=2),
+    ],
+)
 def test_bad_executor_arguments_are_refused(arguments, quadratic):
     params, loss, grads = quadratic
     with pytest.raises(GradCheckError, match=r"executor|n_jobs"):
@@ -295,7 +328,7 @@ def test_ctrl_c_while_waiting_gives_the_partial_result(request, small_chunks, wh
     assert not result.complete and not serial.complete
     assert frozen(params) == before
     checked = result.tensors[0].evaluated
-    assert checked.sum() <= 30 and not checked[checked.argmin():].any()  # a prefix
+    assert checked.sum() <= 30 and not checked[checked.argmin() :].any()  # a prefix
     expected = serial.tensors[0]
     assert np.array_equal(result.tensors[0].numeric[checked], expected.numeric[checked])
     if where != "n_jobs":  # the executor survives and runs the next check
@@ -312,8 +345,9 @@ def test_a_torch_module_and_closure_are_bit_identical(dask_client, vectorize):
     from nbgradcheck.adapters.torch import TorchParameters
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(),
-                                torch.nn.Linear(5, 1)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)
+    ).double()
     X, y = torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 1, dtype=torch.float64)
 
     def closure():
@@ -322,8 +356,7 @@ def test_a_torch_module_and_closure_are_bit_identical(dask_client, vectorize):
     params = TorchParameters(model, vectorize=vectorize)
     serial = ng.check(closure, params, None, mode="full")
     assert serial.passed
-    assert_same_result(serial, ng.check(closure, params, None, mode="full",
-                                        executor=dask_client))
+    assert_same_result(serial, ng.check(closure, params, None, mode="full", executor=dask_client))
 
 
 def test_jax_in_float64_mode_is_bit_identical(process_pool):
@@ -340,8 +373,7 @@ def test_jax_in_float64_mode_is_bit_identical(process_pool):
 
         serial = ng.check(loss, params, None, mode="full")
         assert serial.passed
-        assert_same_result(serial, ng.check(loss, params, None, mode="full",
-                                            executor=process_pool))
+        assert_same_result(serial, ng.check(loss, params, None, mode="full", executor=process_pool))
     finally:
         jax.config.update("jax_enable_x64", saved)
 
@@ -355,8 +387,9 @@ def test_chunks_hold_whole_progress_ticks_and_balance_the_workers():
 
 
 @pytest.mark.parametrize("bad_index", [3, 4, 7])
-def test_the_element_note_matches_the_serial_one_at_chunk_edges(process_pool, small_chunks,
-                                                                bad_index):
+def test_the_element_note_matches_the_serial_one_at_chunk_edges(
+    process_pool, small_chunks, bad_index
+):
     loss, params, grads = raising_loss(bad_index, "-")
     with pytest.raises(ZeroDivisionError) as serial:
         ng.check(loss, params, grads, mode="full")
@@ -395,8 +428,11 @@ def test_fast_mode_localizes_with_group_tests_on_the_workers(executor, monkeypat
     assert_same_result(serial, result)
     for mine, theirs in zip(result.tensors, serial.tensors):
         mine, theirs = mine.directional, theirs.directional
-        assert (mine.status, mine.group_tests, mine.evaluations) == \
-            (theirs.status, theirs.group_tests, theirs.evaluations)
+        assert (mine.status, mine.group_tests, mine.evaluations) == (
+            theirs.status,
+            theirs.group_tests,
+            theirs.evaluations,
+        )
         assert np.array_equal(mine.numeric, theirs.numeric)
 
 
@@ -407,8 +443,9 @@ def test_auto_mode_counts_the_workers_when_choosing_a_full_check():
 
     def setup(workers):  # 4,000 evaluations of 4 ms: 16 s serially, 8 s on two workers
         runner = SimpleNamespace(workers=workers) if workers else None
-        return SimpleNamespace(params=SimpleNamespace(shapes=[(2000,)]),
-                               seconds_per_evaluation=0.004, runner=runner)
+        return SimpleNamespace(
+            params=SimpleNamespace(shapes=[(2000,)]), seconds_per_evaluation=0.004, runner=runner
+        )
 
     assert choose_mode("auto", "central", setup(None), []) == "fast"
     assert choose_mode("auto", "central", setup(2), []) == "full"

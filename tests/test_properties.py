@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 import nbgradcheck as ng
 
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -29,13 +28,14 @@ def polynomial_problems(draw):
     first, last = "W0", f"W{n_tensors - 1}"
 
     def loss(p):
-        total = sum(np.sum(c[0] * p[k] + c[1] * p[k] ** 2 + c[2] * p[k] ** 3)
-                    for k, c in coefficients.items())
+        total = sum(
+            np.sum(c[0] * p[k] + c[1] * p[k] ** 2 + c[2] * p[k] ** 3)
+            for k, c in coefficients.items()
+        )
         return total + coupling * np.sum(p[first]) * np.sum(p[last])
 
     def gradients(p):
-        grads = {k: c[0] + 2 * c[1] * p[k] + 3 * c[2] * p[k] ** 2
-                 for k, c in coefficients.items()}
+        grads = {k: c[0] + 2 * c[1] * p[k] + 3 * c[2] * p[k] ** 2 for k, c in coefficients.items()}
         grads[first] = grads[first] + coupling * np.sum(p[last])
         grads[last] = grads[last] + coupling * np.sum(p[first])
         return grads
@@ -57,8 +57,7 @@ def test_exact_gradients_of_random_polynomials_pass(problem):
 
 
 @SETTINGS
-@given(polynomial_problems(), st.data(),
-       st.sampled_from([2.0, 0.5, -1.0, 3.0, -2.0]))
+@given(polynomial_problems(), st.data(), st.sampled_from([2.0, 0.5, -1.0, 3.0, -2.0]))
 def test_a_planted_scale_or_sign_error_is_flagged_on_exactly_that_tensor(problem, data, factor):
     params, loss, gradients = problem
     grads = gradients(params)
@@ -68,13 +67,18 @@ def test_a_planted_scale_or_sign_error_is_flagged_on_exactly_that_tensor(problem
     result = ng.check(loss, params, grads, mode="full")
     assert result.failing == [culprit]
     assert result.tensor(culprit).difference == pytest.approx(
-        abs(factor - 1) / (abs(factor) + 1), rel=1e-4)
+        abs(factor - 1) / (abs(factor) + 1), rel=1e-4
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Gradient check:RuntimeWarning")
 @SETTINGS
-@given(polynomial_problems(), st.integers(1, 60), st.sampled_from(["raise", "interrupt"]),
-       st.sampled_from(["central", "forward", "backward", "complex"]))
+@given(
+    polynomial_problems(),
+    st.integers(1, 60),
+    st.sampled_from(["raise", "interrupt"]),
+    st.sampled_from(["central", "forward", "backward", "complex"]),
+)
 def test_parameters_are_always_restored_bit_for_bit(problem, fail_at, how, method):
     params, loss, gradients = problem
     grads = gradients(params)

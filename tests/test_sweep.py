@@ -14,8 +14,11 @@ from nbgradcheck.errors import LossError
 
 def cube():
     """J(θ) = θ³ at θ = 1: J'(1) = 3."""
-    return (lambda p: float(p["theta"][0] ** 3)), {"theta": np.array([1.0])}, {
-        "theta": np.array([3.0])}
+    return (
+        (lambda p: float(p["theta"][0] ** 3)),
+        {"theta": np.array([1.0])},
+        {"theta": np.array([3.0])},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +80,15 @@ def test_plot_shows_curves_fits_best_steps_and_roundoff_region(demo_sweep):
     assert sorted(star.get_xdata()[0] for star in stars) == sorted(demo_sweep.best["eps"])
     shaded = [patch for patch in ax.patches if patch.get_label().startswith("round-off")]
     assert len(shaded) == 1
-    assert shaded[0].get_x() + shaded[0].get_width() == pytest.approx(
-        demo_sweep.roundoff_below)
+    assert shaded[0].get_x() + shaded[0].get_width() == pytest.approx(demo_sweep.roundoff_below)
     assert ax.get_xscale() == ax.get_yscale() == "log"
     assert figure._repr_png_().startswith(b"\x89PNG")
 
 
 def test_wrong_gradient_gives_a_flat_curve(buggy_net):
-    result = sweep_eps(buggy_net.loss, buggy_net.parameters, buggy_net.gradients,
-                       eps=np.logspace(-9, -2, 8))
+    result = sweep_eps(
+        buggy_net.loss, buggy_net.parameters, buggy_net.gradients, eps=np.logspace(-9, -2, 8)
+    )
     assert result.gradient_wrong
     assert "the analytic gradient is wrong" in result.note
     assert np.isnan(result.slope("central"))
@@ -114,8 +117,15 @@ def test_exact_zero_errors_are_marked_below_the_axis():
 
 
 def test_sample_mode_checks_the_same_elements_at_every_step(net):
-    result = sweep_eps(net.loss, net.parameters, net.gradients, eps=[1e-6, 1e-4],
-                       methods=["central"], mode="sample", sample=2)
+    result = sweep_eps(
+        net.loss,
+        net.parameters,
+        net.gradients,
+        eps=[1e-6, 1e-4],
+        methods=["central"],
+        mode="sample",
+        sample=2,
+    )
     first, second = (result.result("central", e) for e in (1e-6, 1e-4))
     for a, b in zip(first.tensors, second.tensors):
         np.testing.assert_array_equal(a.indices, b.indices)
@@ -159,8 +169,9 @@ def test_repr_and_mimebundle():
 
 def test_steps_that_round_away_in_float32_are_unusable_not_fatal():
     net = course_network(dtype=np.float32)
-    result = sweep_eps(net.loss, net.parameters, net.gradients, eps=[1e-10, 1e-3, 1e-2],
-                       methods=["central"])
+    result = sweep_eps(
+        net.loss, net.parameters, net.gradients, eps=[1e-10, 1e-3, 1e-2], methods=["central"]
+    )
     row = result.frame.set_index("eps").loc[1e-10]
     assert row["verdict"] == "unusable" and "rounds to θ" in row["problem"]
     assert not result.gradient_wrong  # float32 round-off is allowed for, as in the check

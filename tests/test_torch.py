@@ -147,8 +147,14 @@ def test_correct_module_passes_with_names_and_unchanged_state():
     before = state_bits(net)
     result = check(closure, net)
     assert result.passed and result.verdict == "correct"
-    assert result.names == ["fc1.weight", "fc1.bias", "bn.weight", "bn.bias", "fc2.weight",
-                            "fc2.bias"]
+    assert result.names == [
+        "fc1.weight",
+        "fc1.bias",
+        "bn.weight",
+        "bn.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ]
     assert result.n_checked == result.n_parameters == sum(p.numel() for p in net.parameters())
     assert state_bits(net) == before  # parameters, running statistics, .grad
 
@@ -164,8 +170,9 @@ def test_buggy_custom_function_found_on_exactly_its_element():
     assert tensor.multi_index(int(tensor.indices[tensor.worst_position])) == (1, 2)
 
 
-@pytest.mark.parametrize(("bug", "culprit"), [("transpose_scale", "fc1.weight"),
-                                              ("bias_sign", "fc1.bias")])
+@pytest.mark.parametrize(
+    ("bug", "culprit"), [("transpose_scale", "fc1.weight"), ("bias_sign", "fc1.bias")]
+)
 def test_whole_tensor_bugs_in_a_custom_function(bug, culprit):
     net, closure = make_net(bug=bug, batchnorm=False)
     result = check(closure, net)
@@ -195,8 +202,12 @@ def test_single_tensor_and_loss_returning_a_tuple():
 
 def test_user_given_gradients_by_name_with_d_prefix_and_in_order():
     model, closure = make_mlp()
-    grads = dict(zip([f"d{n}" for n, _ in model.named_parameters()],
-                     torch.autograd.grad(closure(), list(model.parameters()))))
+    grads = dict(
+        zip(
+            [f"d{n}" for n, _ in model.named_parameters()],
+            torch.autograd.grad(closure(), list(model.parameters())),
+        )
+    )
     assert check(closure, model, grads).passed
     assert check(closure, model, list(grads.values())).passed
     wrong = dict(grads)
@@ -333,8 +344,7 @@ def test_float64_promotion_finds_a_bug_below_the_float32_floor(vectorize):
     assert promoted.failing == ["0.weight"]
     tensor = promoted.tensor("0.weight")
     assert tensor.dtype == np.float64
-    assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
-        == [(1, 2)]
+    assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] == [(1, 2)]
     assert state_bits(model) == before  # float32 parameters, buffers and grads untouched
     assert torch.get_default_dtype() == torch.float32
     assert torch.ones(1).dtype == torch.float32  # the promoting mode is gone
@@ -423,8 +433,11 @@ def test_vectorized_bug_found_like_the_loop(monkeypatch):
     x = torch.randn(8, 6, dtype=DOUBLE)
 
     def closure():
-        return torch.tanh(nn.functional.linear(x, MarkedIdentity.apply(layer.weight),
-                                               layer.bias)).pow(2).sum()
+        return (
+            torch.tanh(nn.functional.linear(x, MarkedIdentity.apply(layer.weight), layer.bias))
+            .pow(2)
+            .sum()
+        )
 
     batched = check(closure, layer)
     assert calls
@@ -432,8 +445,9 @@ def test_vectorized_bug_found_like_the_loop(monkeypatch):
     for result in (batched, looped):
         tensor = result.tensor("weight")
         assert result.failing == ["weight"]
-        assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] \
-            == [(3, 1)]
+        assert [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]] == [
+            (3, 1)
+        ]
     assert np.allclose(batched.numeric["weight"], looped.numeric["weight"], rtol=1e-7)
 
 
@@ -472,8 +486,7 @@ def test_linear_weights_take_the_rank_one_shortcut_with_the_loop_numbers():
     values = parameters.flat_values(0, indices) + np.linspace(-1e-3, 1e-3, 60)
     batched = parameters.batched_losses(0, indices, values)
     assert parameters.linear_uses == {0: True} and parameters.batch_fallback is None
-    np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values),
-                               rtol=1e-14)
+    np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values), rtol=1e-14)
 
 
 def test_weight_used_twice_is_copied_not_shifted():
@@ -488,8 +501,7 @@ def test_weight_used_twice_is_copied_not_shifted():
     values = parameters.flat_values(0, indices) + 1e-3
     batched = parameters.batched_losses(0, indices, values)
     assert parameters.linear_uses == {0: False} and parameters.batch_fallback is None
-    np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values),
-                               rtol=1e-13)
+    np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values), rtol=1e-13)
     grads = [g.clone() for g in torch.autograd.grad(loss(), list(model.parameters()))]
     result = check(closure, model, grads)  # the L2 term left out of the gradient
     assert result.failing == ["0.weight"]
@@ -555,8 +567,7 @@ def test_fast_mode_localizes_a_single_wrong_element():
     result = check(closure, model, grads, mode="fast", seed=0)
     assert result.failing == ["0.weight"]
     tensor = result.tensor("0.weight")
-    assert (17, 23) in [tensor.multi_index(int(i))
-                        for i in tensor.indices[tensor.element_failing]]
+    assert (17, 23) in [tensor.multi_index(int(i)) for i in tensor.indices[tensor.element_failing]]
     assert state_bits(model) == before
 
 
@@ -605,8 +616,7 @@ def test_wrong_gradient_structures_are_explained():
     with pytest.raises(ng.GradientError, match="4 parameters"):
         check(closure, model, grads[:3])
     with pytest.raises(ng.GradientError, match=r"no gradient for 2\.bias"):
-        check(closure, model, {"0.weight": grads[0], "0.bias": grads[1],
-                               "2.weight": grads[2]})
+        check(closure, model, {"0.weight": grads[0], "0.bias": grads[1], "2.weight": grads[2]})
     with pytest.raises(ng.GradientError, match="transposed"):
         check(closure, model, [grads[0].t(), *grads[1:]])
     with pytest.raises(ng.GradientError, match="dict keyed by parameter name"):

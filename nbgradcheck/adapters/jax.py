@@ -131,8 +131,10 @@ def validate_leaf(name: str, leaf: Any) -> None:
     array = np.asarray(leaf)
     if not np.all(np.isfinite(array)):
         where = np.unravel_index(int(np.argmin(np.isfinite(array))), array.shape)
-        raise ParameterError(f"leaf {name} contains {array[where]} at {format_index(where)}: "
-                             f"a gradient check needs finite parameters")
+        raise ParameterError(
+            f"leaf {name} contains {array[where]} at {format_index(where)}: "
+            f"a gradient check needs finite parameters"
+        )
 
 
 def first_of(value: Any) -> Any:
@@ -156,8 +158,10 @@ class JaxParameterSet:
         self.treedef = options.treedef
         self.leaves = options.leaves
         promote = np.float64 if options.float64 else None
-        self.arrays = [np.array(leaf, dtype=promote or np.asarray(leaf).dtype, copy=True)
-                       for leaf in self.leaves]
+        self.arrays = [
+            np.array(leaf, dtype=promote or np.asarray(leaf).dtype, copy=True)
+            for leaf in self.leaves
+        ]
         self.base = [a.copy() for a in self.arrays]  # the unperturbed values
         self.current: list[Any] = [None] * len(self.arrays)  # leaves handed to the loss
         self.loss: Callable[..., Any] | None = None
@@ -179,13 +183,18 @@ class JaxParameterSet:
     @property
     def notes(self) -> list[str]:
         """What the result should say about how the check was made."""
-        promoted = [n for n, leaf, a in zip(self.names, self.leaves, self.arrays)
-                    if np.asarray(leaf).dtype != a.dtype]
+        promoted = [
+            n
+            for n, leaf, a in zip(self.names, self.leaves, self.arrays)
+            if np.asarray(leaf).dtype != a.dtype
+        ]
         if not promoted:
             return []
-        return [f"checked in float64: {', '.join(promoted[:3])}"
-                f"{', ...' if len(promoted) > 3 else ''} promoted for the check "
-                f"(JaxParameters(params, float64=False) checks them in their own dtype)"]
+        return [
+            f"checked in float64: {', '.join(promoted[:3])}"
+            f"{', ...' if len(promoted) > 3 else ''} promoted for the check "
+            f"(JaxParameters(params, float64=False) checks them in their own dtype)"
+        ]
 
     def needs_x64(self) -> bool:
         return any(a.dtype == np.float64 for a in self.arrays)
@@ -271,13 +280,18 @@ class JaxParameterSet:
         return [a.copy() for a in self.arrays]
 
     def user_numpy_leaves(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        return [(name, leaf, base) for name, leaf, base in zip(self.names, self.leaves,
-                                                                  self.base)
-                if isinstance(leaf, np.ndarray)]
+        return [
+            (name, leaf, base)
+            for name, leaf, base in zip(self.names, self.leaves, self.base)
+            if isinstance(leaf, np.ndarray)
+        ]
 
     def modified_names(self, snapshot: list[np.ndarray]) -> list[str]:
-        return [name for name, leaf, base in self.user_numpy_leaves()
-                if leaf.astype(base.dtype).tobytes() != base.tobytes()]
+        return [
+            name
+            for name, leaf, base in self.user_numpy_leaves()
+            if leaf.astype(base.dtype).tobytes() != base.tobytes()
+        ]
 
     def restore(self, snapshot: list[np.ndarray]) -> None:
         for position, saved in enumerate(snapshot):
@@ -301,8 +315,10 @@ class JaxParameterSet:
     def match_gradients(self, grads: Any) -> tuple[list[np.ndarray], list[str]]:
         """Align ``grads`` (same pytree, dict by leaf name, or list in leaf order)."""
         raw, ignored = self.gradient_leaves(grads)
-        matched = [validated_gradient(name, g, array)
-                   for name, g, array in zip(self.names, raw, self.arrays)]
+        matched = [
+            validated_gradient(name, g, array)
+            for name, g, array in zip(self.names, raw, self.arrays)
+        ]
         return matched, ignored
 
     def gradient_leaves(self, grads: Any) -> tuple[list[Any], list[str]]:
@@ -312,8 +328,11 @@ class JaxParameterSet:
         if isinstance(grads, Mapping) and all(gradient_key(n, grads) for n in self.names):
             keys = [gradient_key(n, grads) for n in self.names]
             return [grads[k] for k in keys], [str(k) for k in grads if k not in keys]
-        if isinstance(grads, (list, tuple)) and len(grads) == len(self.names) \
-                and not isinstance(self.original, (list, tuple)):
+        if (
+            isinstance(grads, (list, tuple))
+            and len(grads) == len(self.names)
+            and not isinstance(self.original, (list, tuple))
+        ):
             return list(grads), []
         raise GradientError(
             f"grads has the structure {treedef} but params has {self.treedef}: give "
@@ -349,8 +368,7 @@ class JaxParameterSet:
     def can_batch(self) -> bool:
         return self.options.vectorize and self.loss is not None and self.batch_fallback is None
 
-    def batched_losses(self, position: int, indices: np.ndarray,
-                       values: np.ndarray) -> np.ndarray:
+    def batched_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """J with each listed element set to its value in turn; parameters unchanged."""
         indices = np.asarray(indices, dtype=np.int64)
         values = np.asarray(values, dtype=self.arrays[position].dtype)
@@ -363,8 +381,7 @@ class JaxParameterSet:
                 self.batch_fallback = f"{type(error).__name__}: {error}"
         return self.looped_losses(position, indices, values)
 
-    def vmapped_losses(self, position: int, indices: np.ndarray,
-                       values: np.ndarray) -> np.ndarray:
+    def vmapped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``jax.vmap`` over perturbed copies, in chunks padded to powers of two."""
         size = self.arrays[position].size
         chunk = max(1, BATCH_MEMORY_BYTES // max(1, size * self.arrays[position].itemsize * 2))
@@ -373,8 +390,9 @@ class JaxParameterSet:
         out = []
         for start in range(0, indices.size, chunk):
             part = slice(start, start + chunk)
-            padded = max(1 << int(indices[part].size - 1).bit_length(),
-                         self.padding.get(position, 1))
+            padded = max(
+                1 << int(indices[part].size - 1).bit_length(), self.padding.get(position, 1)
+            )
             self.padding[position] = padded
             index = np.resize(indices[part], padded)
             value = np.resize(values[part], padded)
@@ -394,14 +412,13 @@ class JaxParameterSet:
 
             def one(leaves: list, base: Any, index: Any, value: Any) -> Any:
                 changed = base.at[index].set(value).reshape(shape)
-                tree = treedef.unflatten([*leaves[:position], changed, *leaves[position + 1:]])
+                tree = treedef.unflatten([*leaves[:position], changed, *leaves[position + 1 :]])
                 return jnp.reshape(first_of(loss(tree)), ())
 
             self.compiled[key] = jax.vmap(one, in_axes=(None, None, 0, 0))
         return self.compiled[key]
 
-    def looped_losses(self, position: int, indices: np.ndarray,
-                      values: np.ndarray) -> np.ndarray:
+    def looped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The same values one evaluation at a time, restoring each element after use."""
         set_element = self.element_setter(position)
         originals = self.flat_values(position, indices).tolist()

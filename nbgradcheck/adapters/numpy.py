@@ -274,9 +274,7 @@ def validated_gradient(name: str, grad: Any, param: np.ndarray) -> np.ndarray:
     except Exception as exc:
         raise GradientError(f"gradient of {name} is not array-like: {exc}") from exc
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise GradientError(
-            f"gradient of {name} has dtype {array.dtype}: expected real numbers"
-        )
+        raise GradientError(f"gradient of {name} has dtype {array.dtype}: expected real numbers")
     if array.shape != param.shape:
         raise GradientError(shape_mismatch_message(name, array.shape, param.shape))
     if not np.all(np.isfinite(array)):

@@ -84,8 +84,9 @@ class TorchParameters(Mapping):
     ``model`` itself when it takes an argument.
     """
 
-    def __init__(self, params: Any, *, dropout: bool = True, float64: bool = True,
-                 vectorize: bool = True) -> None:
+    def __init__(
+        self, params: Any, *, dropout: bool = True, float64: bool = True, vectorize: bool = True
+    ) -> None:
         self.params = params
         self.dropout = dropout
         self.float64 = float64
@@ -111,8 +112,7 @@ def torch_parameter_set(params: Any) -> TorchParameterSet:
 # -- naming and validating the user's tensors ------------------------------------------------
 
 
-def named_tensors(params: Any,
-                  float64: bool = True) -> tuple[list[str], list[torch.Tensor], str]:
+def named_tensors(params: Any, float64: bool = True) -> tuple[list[str], list[torch.Tensor], str]:
     """(names, tensors, kind) for a module, one tensor, a dict or a sequence of tensors."""
     if isinstance(params, nn.Module):
         named = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
@@ -148,10 +148,12 @@ def validate_tensor(name: str, tensor: Any, float64: bool = True) -> None:
         raise ParameterError(f"parameter {name} is a {type(tensor).__name__}, not a tensor")
     promotable = float64 and tensor.dtype == torch.bfloat16
     if tensor.dtype not in NUMPY_DTYPES and not promotable:
-        hint = ("check it in float64 with TorchParameters(..., float64=True), or convert "
-                f"it once with {name}.data = {name}.data.float()"
-                if tensor.is_floating_point() else
-                "only floating-point tensors can hold a small perturbation")
+        hint = (
+            "check it in float64 with TorchParameters(..., float64=True), or convert "
+            f"it once with {name}.data = {name}.data.float()"
+            if tensor.is_floating_point()
+            else "only floating-point tensors can hold a small perturbation"
+        )
         raise ParameterError(f"parameter {name} has dtype {tensor.dtype}: {hint}")
     if tensor.layout != torch.strided:
         raise ParameterError(f"parameter {name} is a {tensor.layout} tensor: use a dense one")
@@ -276,11 +278,14 @@ class TorchParameterSet:
         shape = tuple(data.shape)
 
         def set_on_device(indices: np.ndarray, values: np.ndarray) -> None:
-            where = tuple(torch.as_tensor(i, device=data.device)
-                          for i in np.unravel_index(np.asarray(indices), shape))
+            where = tuple(
+                torch.as_tensor(i, device=data.device)
+                for i in np.unravel_index(np.asarray(indices), shape)
+            )
             with torch.no_grad():
-                data[where] = torch.as_tensor(np.asarray(values), dtype=data.dtype,
-                                              device=data.device)
+                data[where] = torch.as_tensor(
+                    np.asarray(values), dtype=data.dtype, device=data.device
+                )
 
         return set_on_device
 
@@ -305,8 +310,14 @@ class TorchParameterSet:
         if torch.cuda.is_initialized():
             states += torch.cuda.get_rng_state_all()
         _, key, position, has_gauss, gauss = np.random.get_state()
-        return (tuple(hash(s.numpy().tobytes()) for s in states), position, int(key[0]),
-                has_gauss, gauss, hash(random.getstate()))
+        return (
+            tuple(hash(s.numpy().tobytes()) for s in states),
+            position,
+            int(key[0]),
+            has_gauss,
+            gauss,
+            hash(random.getstate()),
+        )
 
     def rng_state(self) -> Callable[[], None]:
         """Save the RNG states, switch dropout off and promote to float64 if asked;
@@ -338,8 +349,11 @@ class TorchParameterSet:
         """Put every dropout module in evaluation mode; returns (module, old mode) pairs."""
         if self.module is None:
             raise ParameterError("dropout=False needs an nn.Module to find the dropout in")
-        modes = [(m, m.training) for m in self.module.modules()
-                 if isinstance(m, nn.modules.dropout._DropoutNd)]
+        modes = [
+            (m, m.training)
+            for m in self.module.modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd)
+        ]
         for module, _ in modes:
             module.training = False
         return modes
@@ -352,9 +366,11 @@ class TorchParameterSet:
         """What the result should say about how the check was made."""
         if self.promoted is None:
             return []
-        return ["checked in float64: the model's low-precision parameters, buffers and "
-                "inputs were promoted for the check and restored afterwards "
-                "(TorchParameters(model, float64=False) checks it as it is)"]
+        return [
+            "checked in float64: the model's low-precision parameters, buffers and "
+            "inputs were promoted for the check and restored afterwards "
+            "(TorchParameters(model, float64=False) checks it as it is)"
+        ]
 
     def ensure_promoted(self) -> None:
         """Refuse to perturb a model that should be, but is not, promoted."""
@@ -412,8 +428,11 @@ class TorchParameterSet:
         """Names of the parameters whose bits differ from ``snapshot`` (from the float64
         baseline while promoted)."""
         saved_params = self.promoted if self.promoted is not None else snapshot.params
-        return [name for name, tensor, saved in zip(self.names, self.tensors, saved_params)
-                if not same_bits(tensor.detach(), saved)]
+        return [
+            name
+            for name, tensor, saved in zip(self.names, self.tensors, saved_params)
+            if not same_bits(tensor.detach(), saved)
+        ]
 
     def restore(self, snapshot: TorchSnapshot) -> None:
         """Write parameters, buffers and ``.grad`` back, bit for bit."""
@@ -463,8 +482,7 @@ class TorchParameterSet:
                 f"{', ...' if len(self.names) > 3 else ''}) or a list in parameter order, "
                 f"not {type(grads).__name__}"
             )
-        matched = [validated_gradient(n, g, t) for n, g, t in zip(self.names, raw,
-                                                                   self.tensors)]
+        matched = [validated_gradient(n, g, t) for n, g, t in zip(self.names, raw, self.tensors)]
         return matched, ignored
 
     def gradients_by_name(self, grads: Mapping) -> tuple[list[Any], list[str]]:
@@ -476,8 +494,12 @@ class TorchParameterSet:
                 f"{', '.join(map(str, grads)) or '(none)'}"
             )
         unused = [str(k) for k in grads if k not in set(keys)]
-        orphans = [k for k in unused if k.lstrip("d") in self.all_parameter_names()
-                   or looks_like_parameter_gradient(k, self.names)]
+        orphans = [
+            k
+            for k in unused
+            if k.lstrip("d") in self.all_parameter_names()
+            or looks_like_parameter_gradient(k, self.names)
+        ]
         if orphans:
             raise GradientError(
                 f"gradient {', '.join(map(repr, orphans))} has no matching parameter being "
@@ -499,8 +521,9 @@ class TorchParameterSet:
             )
         return list(grads)
 
-    def autograd_gradients(self, loss: Callable[..., Any],
-                           pass_argument: bool) -> list[torch.Tensor]:
+    def autograd_gradients(
+        self, loss: Callable[..., Any], pass_argument: bool
+    ) -> list[torch.Tensor]:
         """One backward pass of the loss; the ``.grad`` attributes are left as they were."""
         self.bind_loss(loss, pass_argument)
         untracked = [n for n, t in zip(self.names, self.tensors) if not t.requires_grad]
@@ -525,8 +548,10 @@ class TorchParameterSet:
     def backward(self, value: Any) -> list[torch.Tensor]:
         """Gradients of ``value``: from autograd, or the ``.grad`` a closure filled itself."""
         if any(t.grad is not None for t in self.tensors):  # the closure called backward()
-            return [torch.zeros_like(t) if t.grad is None else t.grad.detach().clone()
-                    for t in self.tensors]
+            return [
+                torch.zeros_like(t) if t.grad is None else t.grad.detach().clone()
+                for t in self.tensors
+            ]
         if not isinstance(value, torch.Tensor):
             raise GradientError(
                 f"the loss returned a {type(value).__name__}, not a tensor, so autograd "
@@ -534,8 +559,10 @@ class TorchParameterSet:
                 f"pass grads="
             )
         if value.numel() != 1:
-            raise LossError(f"the loss returned a tensor of shape {tuple(value.shape)}; "
-                            f"a gradient check needs a scalar: reduce it (e.g. .mean())")
+            raise LossError(
+                f"the loss returned a tensor of shape {tuple(value.shape)}; "
+                f"a gradient check needs a scalar: reduce it (e.g. .mean())"
+            )
         if not value.requires_grad:
             raise GradientError(
                 "the loss tensor does not require grad (computed under torch.no_grad(), "
@@ -543,8 +570,9 @@ class TorchParameterSet:
                 "the analytic gradient; pass grads= or build the loss from the parameters"
             )
         grads = torch.autograd.grad(value.reshape(()), self.tensors, allow_unused=True)
-        return [torch.zeros_like(t) if g is None else g.detach()
-                for g, t in zip(grads, self.tensors)]
+        return [
+            torch.zeros_like(t) if g is None else g.detach() for g, t in zip(grads, self.tensors)
+        ]
 
     # -- vectorized evaluation -------------------------------------------------------------
     def bind_loss(self, loss: Callable[..., Any], pass_argument: bool) -> None:
@@ -564,8 +592,7 @@ class TorchParameterSet:
             return False  # a closure over loose tensors: nothing to substitute them in
         return self.batch_fallback is None
 
-    def batched_losses(self, position: int, indices: np.ndarray,
-                       values: np.ndarray) -> np.ndarray:
+    def batched_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """J with each listed element set to its value in turn; parameters unchanged."""
         indices = np.asarray(indices, dtype=np.int64)
         values = np.asarray(values)
@@ -581,8 +608,7 @@ class TorchParameterSet:
                 self.batch_fallback = f"{type(error).__name__}: {error}"
         return self.looped_losses(position, indices, values)
 
-    def vmapped_losses(self, position: int, indices: np.ndarray,
-                       values: np.ndarray) -> np.ndarray:
+    def vmapped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``torch.func.vmap`` over perturbed copies, in chunks bounded by memory.
 
         A weight the loss uses only as the weight of one ``F.linear`` is not copied: the
@@ -599,12 +625,13 @@ class TorchParameterSet:
                 part = slice(start, start + chunk)
                 if shortcut is not None:
                     index = torch.as_tensor(indices[part], device=base.device)
-                    delta = (torch.as_tensor(values[part], dtype=base.dtype, device=base.device)
-                             - base.reshape(-1)[index])
+                    delta = (
+                        torch.as_tensor(values[part], dtype=base.dtype, device=base.device)
+                        - base.reshape(-1)[index]
+                    )
                     losses = shortcut(index, delta)
                 else:
-                    batched = torch.func.vmap(self.scalar_loss_with(position),
-                                              randomness="error")
+                    batched = torch.func.vmap(self.scalar_loss_with(position), randomness="error")
                     losses = batched(perturbed_copies(base, indices[part], values[part]))
                 out.append(losses.detach().to("cpu", torch.float64))
         return torch.cat(out).numpy()
@@ -663,11 +690,13 @@ class TorchParameterSet:
 
         return call
 
-    def verify_batched(self, position: int, indices: np.ndarray, values: np.ndarray,
-                       losses: np.ndarray) -> None:
+    def verify_batched(
+        self, position: int, indices: np.ndarray, values: np.ndarray, losses: np.ndarray
+    ) -> None:
         """Compare a few batched values with the loop; raise when they disagree."""
-        picks = np.unique(np.linspace(0, indices.size - 1, min(VERIFY_ELEMENTS, indices.size))
-                          .astype(int))
+        picks = np.unique(
+            np.linspace(0, indices.size - 1, min(VERIFY_ELEMENTS, indices.size)).astype(int)
+        )
         looped = self.looped_losses(position, indices[picks], values[picks])
         j0 = self.unperturbed_loss()
         roundoff = VERIFY_ROUNDOFF * float(np.finfo(self.dtypes[position]).eps)
@@ -687,11 +716,13 @@ class TorchParameterSet:
 
     def call_loss(self) -> float:
         value = first_of(self.loss(self.original) if self.pass_argument else self.loss())
-        return float(value.detach().reshape(()).cpu()) if isinstance(value, torch.Tensor) \
+        return (
+            float(value.detach().reshape(()).cpu())
+            if isinstance(value, torch.Tensor)
             else float(value)
+        )
 
-    def looped_losses(self, position: int, indices: np.ndarray,
-                      values: np.ndarray) -> np.ndarray:
+    def looped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The same values one evaluation at a time, restoring each element after use."""
         set_element = self.element_setter(position)
         originals = self.flat_values(position, indices).tolist()
@@ -720,8 +751,10 @@ class Float64Mode(TorchFunctionMode):
         try:
             return func(*to_float64(args), **to_float64(kwargs or {}))
         except Exception as error:
-            note = ("(nbgradcheck: this ran in float64, promoted from the model's dtype; "
-                    "TorchParameters(model, float64=False) checks it as it is)")
+            note = (
+                "(nbgradcheck: this ran in float64, promoted from the model's dtype; "
+                "TorchParameters(model, float64=False) checks it as it is)"
+            )
             if hasattr(error, "add_note") and note not in getattr(error, "__notes__", []):
                 error.add_note(note)
             raise
@@ -788,8 +821,9 @@ class LinearElementShift(TorchFunctionMode):
     unperturbed product is computed once for the whole batch.
     """
 
-    def __init__(self, marker: torch.Tensor, row: torch.Tensor, column: torch.Tensor,
-                 delta: torch.Tensor) -> None:
+    def __init__(
+        self, marker: torch.Tensor, row: torch.Tensor, column: torch.Tensor, delta: torch.Tensor
+    ) -> None:
         super().__init__()
         self.marker, self.row, self.column, self.delta = marker, row, column, delta
 
@@ -816,8 +850,7 @@ class LossModule(nn.Module):
         return self.loss_function(self.model) if self.pass_argument else self.loss_function()
 
 
-def perturbed_copies(base: torch.Tensor, indices: np.ndarray,
-                     values: np.ndarray) -> torch.Tensor:
+def perturbed_copies(base: torch.Tensor, indices: np.ndarray, values: np.ndarray) -> torch.Tensor:
     """len(indices) copies of ``base``, copy k with element indices[k] set to values[k]."""
     count = len(indices)
     copies = base.reshape(1, -1).repeat(count, 1)

@@ -30,10 +30,16 @@ if TYPE_CHECKING:
 
 DEFAULT_EPS = np.logspace(-12, -1, 23)
 EXPECTED_SLOPE = {"central": 2, "forward": 1, "backward": 1, "complex": 2}
-METHOD_COLOURS = {"central": "#1f77b4", "forward": "#d62728", "backward": "#ff7f0e",
-                  "complex": "#2ca02c"}
-Y_COLUMNS = {"difference": "relative difference ‖n − a‖ / (‖n‖ + ‖a‖)",
-             "max_abs_error": "largest |n − a| of an element"}
+METHOD_COLOURS = {
+    "central": "#1f77b4",
+    "forward": "#d62728",
+    "backward": "#ff7f0e",
+    "complex": "#2ca02c",
+}
+Y_COLUMNS = {
+    "difference": "relative difference ‖n − a‖ / (‖n‖ + ‖a‖)",
+    "max_abs_error": "largest |n − a| of an element",
+}
 # The truncation region: error at least this many times the best, and below saturation.
 CLEAR_OF_OPTIMUM = 10.0
 SATURATION = 0.1
@@ -55,8 +61,7 @@ class EpsSweep:
     """
 
     frame: pd.DataFrame
-    results: dict[tuple[str, float], GradCheckResult] = field(default_factory=dict,
-                                                                repr=False)
+    results: dict[tuple[str, float], GradCheckResult] = field(default_factory=dict, repr=False)
 
     @property
     def methods(self) -> list[str]:
@@ -75,8 +80,9 @@ class EpsSweep:
             eps, errors = self.curve(method)
             position = best_position(errors)
             if position is not None:
-                rows.append({"method": method, "eps": eps[position],
-                             "difference": errors[position]})
+                rows.append(
+                    {"method": method, "eps": eps[position], "difference": errors[position]}
+                )
         return pd.DataFrame(rows, columns=["method", "eps", "difference"]).set_index("method")
 
     def slope(self, method: str, y: str = "difference") -> float:
@@ -118,8 +124,11 @@ class EpsSweep:
         if unusable.empty:
             return self.verdict_note()
         steps = sorted(set(unusable["eps"]))
-        listed = (", ".join(f"{e:.0e}" for e in steps) if len(steps) <= 3 else
-                  f"{len(steps)} from {steps[0]:.0e} to {steps[-1]:.0e}")
+        listed = (
+            ", ".join(f"{e:.0e}" for e in steps)
+            if len(steps) <= 3
+            else f"{len(steps)} from {steps[0]:.0e} to {steps[-1]:.0e}"
+        )
         return f"{self.verdict_note()}; unusable steps (see .frame['problem']): {listed}"
 
     def verdict_note(self) -> str:
@@ -129,13 +138,17 @@ class EpsSweep:
             return "every step gave the exact gradient" if exact else "no error was measured"
         lowest = float(best["difference"].min())
         if self.gradient_wrong:
-            return (f"even the best step gives a relative difference of {lowest:.1e}: the "
-                    f"error does not come from the step size, the analytic gradient is wrong")
+            return (
+                f"even the best step gives a relative difference of {lowest:.1e}: the "
+                f"error does not come from the step size, the analytic gradient is wrong"
+            )
         winner = best["difference"].idxmin()
         step = best.loc[winner, "eps"]
         verdict = self.result(winner, step).verdict
-        return (f"the analytic gradient is right: best relative difference {lowest:.1e} "
-                f"({verdict}) at ε={step:.0e} with {winner} differences")
+        return (
+            f"the analytic gradient is right: best relative difference {lowest:.1e} "
+            f"({verdict}) at ε={step:.0e} with {winner} differences"
+        )
 
     def result(self, method: str, eps: float) -> GradCheckResult:
         """The full check behind one point (the nearest ε of that method)."""
@@ -169,17 +182,26 @@ class EpsSweep:
         ax.set_title("Finite-difference error against the step ε", fontsize=11, loc="left")
         ax.grid(True, which="major", color="0.92")
         ax.legend(fontsize=8, loc="best", framealpha=0.95)
-        figure.text(0.5, 0.08 / height, textwrap.fill(self.note, 110), fontsize=8,
-                    color="0.3", ha="center", va="bottom")
+        figure.text(
+            0.5,
+            0.08 / height,
+            textwrap.fill(self.note, 110),
+            fontsize=8,
+            color="0.3",
+            ha="center",
+            va="bottom",
+        )
         return figure
 
     def __repr__(self) -> str:
         lines = ["EpsSweep: " + self.note]
         slopes = self.slopes
         for method, row in self.best.iterrows():
-            lines.append(f"  {method:8s} best ε={row['eps']:.1e} (difference "
-                         f"{row['difference']:.1e}), truncation slope {slopes[method]:.2f} "
-                         f"(expected {EXPECTED_SLOPE.get(method, '?')})")
+            lines.append(
+                f"  {method:8s} best ε={row['eps']:.1e} (difference "
+                f"{row['difference']:.1e}), truncation slope {slopes[method]:.2f} "
+                f"(expected {EXPECTED_SLOPE.get(method, '?')})"
+            )
         return "\n".join(lines)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -212,7 +234,7 @@ def truncation_region(eps: np.ndarray, errors: np.ndarray) -> np.ndarray:
     agrees = np.abs(local - np.median(local)) <= SLOPE_AGREEMENT
     start, length = longest_true_run(agrees)
     if length:
-        region[candidates[start: start + length + 1]] = True
+        region[candidates[start : start + length + 1]] = True
     return region
 
 
@@ -260,18 +282,24 @@ def draw_verdict_lines(ax: Axes) -> None:
     from nbgradcheck.views.report import VERDICT_COLOURS
 
     for verdict, level in VERDICT_LINES:
-        ax.axhline(level, color=VERDICT_COLOURS[verdict], linestyle=":", linewidth=0.9,
-                   zorder=1)
+        ax.axhline(level, color=VERDICT_COLOURS[verdict], linestyle=":", linewidth=0.9, zorder=1)
     low, high = ax.get_ylim()
     edges = [low, *(level for _, level in VERDICT_LINES), high]
     names = [verdict for verdict, _ in VERDICT_LINES] + ["wrong"]
     for verdict, start, stop in zip(names, edges[:-1], edges[1:]):
         start, stop = max(start, low), min(stop, high)
         if start < stop:
-            ax.annotate(verdict, (1.0, math.sqrt(start * stop)),
-                        xycoords=("axes fraction", "data"), xytext=(4, 0),
-                        textcoords="offset points", ha="left", va="center", fontsize=7,
-                        color=VERDICT_COLOURS[verdict])
+            ax.annotate(
+                verdict,
+                (1.0, math.sqrt(start * stop)),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                ha="left",
+                va="center",
+                fontsize=7,
+                color=VERDICT_COLOURS[verdict],
+            )
 
 
 def draw_method(ax: Axes, sweep: EpsSweep, method: str, y: str, mark_best: bool) -> None:
@@ -284,24 +312,48 @@ def draw_method(ax: Axes, sweep: EpsSweep, method: str, y: str, mark_best: bool)
     label = method
     if position is not None and mark_best:
         label = f"{method}: best ε = {eps[position]:.0e}"
-        ax.plot(eps[position], shown[position], marker="*", markersize=15, color=colour,
-                markeredgecolor="black", linestyle="none", zorder=4)
-    ax.plot(eps, shown, marker="o", markersize=3.5, color=colour, linewidth=1.4,
-            label=label, zorder=3)
+        ax.plot(
+            eps[position],
+            shown[position],
+            marker="*",
+            markersize=15,
+            color=colour,
+            markeredgecolor="black",
+            linestyle="none",
+            zorder=4,
+        )
+    ax.plot(
+        eps, shown, marker="o", markersize=3.5, color=colour, linewidth=1.4, label=label, zorder=3
+    )
     exact = errors == 0
     if exact.any():
-        ax.plot(eps[exact], np.full(exact.sum(), 0.015), marker="v", markersize=6,
-                linestyle="none", color=colour, transform=ax.get_xaxis_transform(),
-                label=f"{method}: exact (0 error), off the log axis", zorder=3)
+        ax.plot(
+            eps[exact],
+            np.full(exact.sum(), 0.015),
+            marker="v",
+            markersize=6,
+            linestyle="none",
+            color=colour,
+            transform=ax.get_xaxis_transform(),
+            label=f"{method}: exact (0 error), off the log axis",
+            zorder=3,
+        )
     region = truncation_region(eps, errors)
     slope = sweep.slope(method, y)
     if np.isfinite(slope):
         fit = np.polyfit(np.log10(eps[region]), np.log10(errors[region]), 1)
         span = eps[region]
-        ax.plot(span, 10 ** np.polyval(fit, np.log10(span)), color=colour, linewidth=7,
-                alpha=0.25, solid_capstyle="round", zorder=2,
-                label=f"{method} truncation: slope {slope:.2f} "
-                      f"(expected {EXPECTED_SLOPE.get(method, '?')})")
+        ax.plot(
+            span,
+            10 ** np.polyval(fit, np.log10(span)),
+            color=colour,
+            linewidth=7,
+            alpha=0.25,
+            solid_capstyle="round",
+            zorder=2,
+            label=f"{method} truncation: slope {slope:.2f} "
+            f"(expected {EXPECTED_SLOPE.get(method, '?')})",
+        )
 
 
 # -- running the checks ----------------------------------------------------------------------
@@ -342,15 +394,15 @@ def sweep_eps(
         for step in steps:
             try:
                 with np.errstate(invalid="ignore", over="ignore"):
-                    result = check(loss, params, grads, eps=step, method=method,
-                                   **check_options)
+                    result = check(loss, params, grads, eps=step, method=method, **check_options)
             except GradCheckError as error:  # e.g. a step that rounds away in float32
                 problems.append(error)
                 rows.append(unusable_row(method, step, error))
                 continue
             if not result.complete:
-                warnings.warn(f"sweep interrupted at {method}, ε={step:g}", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"sweep interrupted at {method}, ε={step:g}", RuntimeWarning, stacklevel=2
+                )
                 break
             rows.append(sweep_row(method, step, result))
             results[(method, step)] = result
@@ -377,16 +429,29 @@ def validated_methods(methods: Iterable[str]) -> list[str]:
 def sweep_row(method: str, step: float, result: GradCheckResult) -> dict[str, Any]:
     errors = [t.abs_error[t.counted] for t in result.tensors]
     largest = max((float(e.max()) for e in errors if e.size), default=float("nan"))
-    return {"method": method, "eps": step, "difference": result.difference,
-            "max_abs_error": largest, "floor": result.floor, "verdict": result.verdict,
-            "problem": ""}
+    return {
+        "method": method,
+        "eps": step,
+        "difference": result.difference,
+        "max_abs_error": largest,
+        "floor": result.floor,
+        "verdict": result.verdict,
+        "problem": "",
+    }
 
 
 def unusable_row(method: str, step: float, error: GradCheckError) -> dict[str, Any]:
     """A point where the check could not run at this step; the reason in ``problem``."""
     nan = float("nan")
-    return {"method": method, "eps": step, "difference": nan, "max_abs_error": nan,
-            "floor": nan, "verdict": "unusable", "problem": str(error)}
+    return {
+        "method": method,
+        "eps": step,
+        "difference": nan,
+        "max_abs_error": nan,
+        "floor": nan,
+        "verdict": "unusable",
+        "problem": str(error),
+    }
 
 
 def sweep_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

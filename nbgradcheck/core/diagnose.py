@@ -106,8 +106,11 @@ def label_for(d: Diagnosis) -> str:
         return f"columns {', '.join(map(str, d.columns[:MAX_LISTED]))}" + more(d.columns)
     elements = d.elements or []
     if len(elements) <= 2:
-        return "element" + ("s " if len(elements) > 1 else " ") + ", ".join(
-            format_index(e) for e in elements)
+        return (
+            "element"
+            + ("s " if len(elements) > 1 else " ")
+            + ", ".join(format_index(e) for e in elements)
+        )
     return f"{len(elements)} elements"
 
 
@@ -142,20 +145,39 @@ class Evidence:
     def of_elements(cls, tensor: Any) -> Evidence:
         """The counted elements (evaluated, not at a kink)."""
         mask = tensor.counted
-        return cls(tensor.indices[mask], tensor.numeric[mask], tensor.analytic[mask],
-                   np.asarray(tensor.values, dtype=float)[mask], tensor.noise[mask],
-                   tensor.element_failing[mask], min(MIN_PATTERN_ELEMENTS, tensor.size))
+        return cls(
+            tensor.indices[mask],
+            tensor.numeric[mask],
+            tensor.analytic[mask],
+            np.asarray(tensor.values, dtype=float)[mask],
+            tensor.noise[mask],
+            tensor.element_failing[mask],
+            min(MIN_PATTERN_ELEMENTS, tensor.size),
+        )
 
     @classmethod
     def of_directions(cls, record: Any) -> Evidence:
         """Fast mode's whole-tensor directional tests, with the model's own gradient."""
         count = len(record.tests)
-        return cls(np.arange(count), record.numeric, record.analytic, record.theta,
-                   record.noise, record.failing)
+        return cls(
+            np.arange(count),
+            record.numeric,
+            record.analytic,
+            record.theta,
+            record.noise,
+            record.failing,
+        )
 
     def subset(self, mask: np.ndarray) -> Evidence:
-        return Evidence(self.indices[mask], self.numeric[mask], self.analytic[mask],
-                        self.values[mask], self.noise[mask], self.failing[mask], self.minimum)
+        return Evidence(
+            self.indices[mask],
+            self.numeric[mask],
+            self.analytic[mask],
+            self.values[mask],
+            self.noise[mask],
+            self.failing[mask],
+            self.minimum,
+        )
 
     @property
     def signal(self) -> np.ndarray:
@@ -187,8 +209,9 @@ def fits(evidence: Evidence, predicted: np.ndarray, noise: np.ndarray) -> bool:
         return True
     before = np.linalg.norm(evidence.analytic - evidence.numeric)
     after = np.linalg.norm(evidence.analytic - predicted)
-    allowed = max(PATTERN_TOLERANCE * np.linalg.norm(evidence.analytic),
-                  NOISE_MARGIN * np.linalg.norm(noise))
+    allowed = max(
+        PATTERN_TOLERANCE * np.linalg.norm(evidence.analytic), NOISE_MARGIN * np.linalg.norm(noise)
+    )
     return bool(after <= RESIDUAL_SHARE * before and after <= allowed < before)
 
 
@@ -237,19 +260,22 @@ def diagnose(tensor: Any) -> Diagnosis:
     if found is None and few and record is not None and len(record.tests):
         found = whole_pattern(tensor, Evidence.of_directions(record), directions=True)
     # a pattern is structure, which round-off has not: it goes first
-    return (found or round_off(tensor) or partial(tensor, evidence)
-            or no_pattern(tensor, evidence))
+    return found or round_off(tensor) or partial(tensor, evidence) or no_pattern(tensor, evidence)
 
 
 def passing_diagnosis(tensor: Any) -> Diagnosis:
     kinks = int((tensor.kink & tensor.evaluated).sum())
-    kink_text = (f"{kinks} element{'s' if kinks > 1 else ''} of {tensor.name} crossed a kink "
-                 f"(ReLU, max, abs) between θ−ε and θ+ε; the code is right there")
+    kink_text = (
+        f"{kinks} element{'s' if kinks > 1 else ''} of {tensor.name} crossed a kink "
+        f"(ReLU, max, abs) between θ−ε and θ+ε; the code is right there"
+    )
     difference = tensor.difference
     if not np.isnan(difference) and difference > tensor.tol:
-        sentence = (f"{tensor.name} differs by {difference:.1e}, within the round-off floor "
-                    f"{tensor.floor:.1e} of this {np.dtype(tensor.dtype).name} check: not a "
-                    f"bug")
+        sentence = (
+            f"{tensor.name} differs by {difference:.1e}, within the round-off floor "
+            f"{tensor.floor:.1e} of this {np.dtype(tensor.dtype).name} check: not a "
+            f"bug"
+        )
         if kinks:
             sentence += f"; {kink_text}"
         return Diagnosis("noise", sentence, tensor.name)
@@ -281,7 +307,8 @@ def zero_gradient(tensor: Any) -> Diagnosis | None:
         f"the analytic gradient of {tensor.name} is zero everywhere but the loss depends on "
         f"it{largest}: {tensor.name} is not connected to the backward pass (detached, never "
         f"assigned, stored under another key, or overwritten with zeros)",
-        tensor.name, factor=0.0,
+        tensor.name,
+        factor=0.0,
     )
 
 
@@ -316,27 +343,33 @@ def whole_pattern(tensor: Any, evidence: Evidence, directions: bool = False) -> 
     return found or scaled(tensor.name, evidence, directions, statistically=True)
 
 
-def scaled(name: str, evidence: Evidence, directions: bool,
-           statistically: bool = False) -> Diagnosis | None:
+def scaled(
+    name: str, evidence: Evidence, directions: bool, statistically: bool = False
+) -> Diagnosis | None:
     """analytic ≈ c·numeric element by element, or (``statistically``, for noisy
     low-precision values) in the ratios' median and majority."""
     factor = ratio(evidence.analytic, evidence.numeric, evidence.noise)
     if factor is None or abs(factor - 1) <= PATTERN_TOLERANCE:
         return None
     predicted, noise = factor * evidence.numeric, evidence.noise * max(1, abs(factor))
-    if not (significant_factor(evidence, factor) if statistically
-            else fits(evidence, predicted, noise)):
+    if not (
+        significant_factor(evidence, factor) if statistically else fits(evidence, predicted, noise)
+    ):
         return None
     seen = " along every random direction tested" if directions else ""
     if abs(factor + 1) <= 10 * PATTERN_TOLERANCE:
         return Diagnosis(
-            "sign", f"the gradient of {name} has the wrong sign{seen} (analytic ≈ −numeric): "
+            "sign",
+            f"the gradient of {name} has the wrong sign{seen} (analytic ≈ −numeric): "
             f"a minus sign lost or added (e.g. y − a written as a − y, or -= for +=)",
-            name, factor=-1.0,
+            name,
+            factor=-1.0,
         )
     return Diagnosis(
-        "scale", f"analytic ≈ {format_factor(factor)} × numeric for {name}{seen}: "
-        f"{scale_causes(factor)}", name, factor=factor,
+        "scale",
+        f"analytic ≈ {format_factor(factor)} × numeric for {name}{seen}: {scale_causes(factor)}",
+        name,
+        factor=factor,
     )
 
 
@@ -351,11 +384,15 @@ def scale_causes(factor: float) -> str:
     if abs(factor - 0.5) <= close:
         return "a missing factor 2 (½ applied twice, or 2·x written as x)"
     if whole >= 3 and abs(factor - whole) <= close * factor:
-        return (f"the gradient is {whole}× too large: a missing 1/m if m = {whole} is the "
-                f"number of examples, else a stray constant ({whole}/m written for 1/m?)")
+        return (
+            f"the gradient is {whole}× too large: a missing 1/m if m = {whole} is the "
+            f"number of examples, else a stray constant ({whole}/m written for 1/m?)"
+        )
     if inverse >= 3 and abs(1 / factor - inverse) <= close / factor:
-        return (f"an extra 1/m: the gradient is divided by {inverse} once too often (is m = "
-                f"{inverse} the number of examples?)")
+        return (
+            f"an extra 1/m: the gradient is divided by {inverse} once too often (is m = "
+            f"{inverse} the number of examples?)"
+        )
     return "a constant factor in the backward pass only (a scale, temperature or 1/m?)"
 
 
@@ -395,8 +432,9 @@ def transposed(tensor: Any, evidence: Evidence) -> Diagnosis | None:
         if factor is None or not fits(sub, factor * numeric, sub_noise * max(1, abs(factor))):
             continue
         factor = 1.0 if abs(factor - 1) <= PATTERN_TOLERANCE else factor
-        return Diagnosis("transpose", transpose_sentence(tensor, label, factor), tensor.name,
-                         factor=factor)
+        return Diagnosis(
+            "transpose", transpose_sentence(tensor, label, factor), tensor.name, factor=factor
+        )
     return None
 
 
@@ -406,11 +444,15 @@ def transpose_sentence(tensor: Any, label: str, factor: float) -> str:
     if rows == columns:
         what = f"analytic ≈ numericᵀ for {name}{scaled}: the gradient is transposed"
     elif label == "transposed":
-        what = (f"analytic ≈ numericᵀ reshaped to ({rows}, {columns}) for {name}{scaled}: the "
-                f"gradient was computed with shape ({columns}, {rows}) and reshaped to fit")
+        what = (
+            f"analytic ≈ numericᵀ reshaped to ({rows}, {columns}) for {name}{scaled}: the "
+            f"gradient was computed with shape ({columns}, {rows}) and reshaped to fit"
+        )
     else:
-        what = (f"analytic ≈ numeric.reshape({columns}, {rows})ᵀ for {name}{scaled}: the "
-                f"gradient's layout is transposed")
+        what = (
+            f"analytic ≈ numeric.reshape({columns}, {rows})ᵀ for {name}{scaled}: the "
+            f"gradient's layout is transposed"
+        )
     return what + " (for W in Z = W·A the gradient is dZ·Aᵀ, not A·dZᵀ)"
 
 
@@ -427,13 +469,17 @@ def l2_term(name: str, evidence: Evidence, directions: bool) -> Diagnosis | None
     if not fits(evidence, evidence.numeric - kappa * theta, evidence.noise):
         return None
     if kappa > 0:
-        sentence = (f"the residual numeric − analytic of {name} is proportional to {name}: "
-                    f"an L2 term κ·{name} with κ ≈ {kappa:.3g} is missing from the gradient "
-                    f"(a cost with (λ/2m)·‖{name}‖² needs (λ/m)·{name}; λ/m ≈ {kappa:.3g})")
+        sentence = (
+            f"the residual numeric − analytic of {name} is proportional to {name}: "
+            f"an L2 term κ·{name} with κ ≈ {kappa:.3g} is missing from the gradient "
+            f"(a cost with (λ/2m)·‖{name}‖² needs (λ/m)·{name}; λ/m ≈ {kappa:.3g})"
+        )
         return Diagnosis("missing_l2", sentence, name, l2_lambda=kappa)
-    sentence = (f"the analytic gradient of {name} has an extra term {-kappa:.3g}·{name} that "
-                f"the cost does not have: an L2 term added in backprop but not in the cost "
-                f"(or with a larger λ)")
+    sentence = (
+        f"the analytic gradient of {name} has an extra term {-kappa:.3g}·{name} that "
+        f"the cost does not have: an L2 term added in backprop but not in the cost "
+        f"(or with a larger λ)"
+    )
     return Diagnosis("extra_l2", sentence, name, l2_lambda=kappa)
 
 
@@ -450,20 +496,26 @@ def partial(tensor: Any, evidence: Evidence) -> Diagnosis | None:
     rows, columns = wrong_lines(tensor.shape, evidence)
     name = tensor.name
     if rows:
-        sentence = (f"only row{'s' if len(rows) > 1 else ''} {list_text(rows)} of {name} "
-                    f"{'are' if len(rows) > 1 else 'is'} wrong ({checked}){how}: look at what "
-                    f"differs for those rows (a slice, a mask, an index off by one)")
+        sentence = (
+            f"only row{'s' if len(rows) > 1 else ''} {list_text(rows)} of {name} "
+            f"{'are' if len(rows) > 1 else 'is'} wrong ({checked}){how}: look at what "
+            f"differs for those rows (a slice, a mask, an index off by one)"
+        )
         return Diagnosis("partial", sentence, name, rows=rows)
     if columns:
-        sentence = (f"only column{'s' if len(columns) > 1 else ''} {list_text(columns)} of "
-                    f"{name} {'are' if len(columns) > 1 else 'is'} wrong ({checked}){how}: "
-                    f"look at what differs for those columns (an input feature, a mask)")
+        sentence = (
+            f"only column{'s' if len(columns) > 1 else ''} {list_text(columns)} of "
+            f"{name} {'are' if len(columns) > 1 else 'is'} wrong ({checked}){how}: "
+            f"look at what differs for those columns (an input feature, a mask)"
+        )
         return Diagnosis("partial", sentence, name, columns=columns)
     order = np.argsort(-np.abs(evidence.numeric - evidence.analytic)[wrong], kind="stable")
     elements = [multi_index(tensor.shape, i) for i in evidence.indices[wrong][order]]
     listed = worst_text(tensor, evidence.subset(wrong), order)
-    sentence = (f"only {len(elements)} element{'s' if len(elements) > 1 else ''} of {name} "
-                f"{'are' if len(elements) > 1 else 'is'} wrong ({checked}){how}: {listed}")
+    sentence = (
+        f"only {len(elements)} element{'s' if len(elements) > 1 else ''} of {name} "
+        f"{'are' if len(elements) > 1 else 'is'} wrong ({checked}){how}: {listed}"
+    )
     return Diagnosis("partial", sentence, name, elements=elements)
 
 
@@ -494,8 +546,9 @@ def subset_pattern(evidence: Evidence) -> str:
     factor = ratio(evidence.analytic, evidence.numeric, evidence.noise)
     if factor is None or evidence.analytic.size < 2:
         return ""
-    ok = explained(factor * evidence.numeric, evidence.analytic,
-                   evidence.noise * max(1, abs(factor)))
+    ok = explained(
+        factor * evidence.numeric, evidence.analytic, evidence.noise * max(1, abs(factor))
+    )
     if not ok.all():
         return ""
     if abs(factor + 1) <= 10 * PATTERN_TOLERANCE:
@@ -515,7 +568,8 @@ def no_pattern(tensor: Any, evidence: Evidence) -> Diagnosis:
             f"{tensor.name}: random directional derivatives disagree (relative difference "
             f"{difference:.1e}) but no element checked one by one is wrong: many small "
             f"errors spread over the tensor? mode='full' checks every element",
-            tensor.name, elements=[],
+            tensor.name,
+            elements=[],
         )
     order = np.argsort(-np.abs(evidence.numeric - evidence.analytic)[wrong], kind="stable")
     elements = [multi_index(tensor.shape, i) for i in evidence.indices[wrong][order]]
@@ -523,7 +577,8 @@ def no_pattern(tensor: Any, evidence: Evidence) -> Diagnosis:
         "none_found",
         f"no simple pattern in {tensor.name} (not a constant factor, sign, transpose, L2 term "
         f"or a few rows): worst {worst_text(tensor, evidence.subset(wrong), order)}",
-        tensor.name, elements=elements,
+        tensor.name,
+        elements=elements,
     )
 
 
@@ -544,40 +599,57 @@ def multi_index(shape: tuple[int, ...], flat: int) -> tuple[int, ...]:
 
 def list_text(items: list[int]) -> str:
     return ", ".join(map(str, items[:MAX_LISTED])) + (
-        f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+        f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    )
 
 
 # -- the whole check ------------------------------------------------------------------------
 
 
-def diagnose_result(diagnoses: dict[str, Diagnosis], failing: list[str] | tuple = (),
-                    complete: bool = True) -> Diagnosis:
+def diagnose_result(
+    diagnoses: dict[str, Diagnosis], failing: list[str] | tuple = (), complete: bool = True
+) -> Diagnosis:
     """One diagnosis for a check from its per-tensor ones (``result.diagnoses``) and the
     names of the failing tensors."""
     random = [name for name, d in diagnoses.items() if d.kind == "random"]
     if random:
         return Diagnosis(
-            "random", f"the loss is random: evaluated again at the unperturbed parameters "
+            "random",
+            f"the loss is random: evaluated again at the unperturbed parameters "
             f"it returned another value, so the discrepancies in {', '.join(random)} may be "
-            f"noise, not gradient bugs. Pass seed=0 or switch the randomness off")
+            f"noise, not gradient bugs. Pass seed=0 or switch the randomness off",
+        )
     bugs = {name: d for name, d in diagnoses.items() if d.is_bug}
     if not bugs:
         return no_bug(diagnoses, [n for n in failing if n in diagnoses], complete)
     if len(bugs) == 1:
         name, d = next(iter(bugs.items()))
-        return Diagnosis(d.kind, f"{name}: {d.sentence}", name, d.factor, d.l2_lambda,
-                         d.rows, d.columns, d.elements)
+        return Diagnosis(
+            d.kind,
+            f"{name}: {d.sentence}",
+            name,
+            d.factor,
+            d.l2_lambda,
+            d.rows,
+            d.columns,
+            d.elements,
+        )
     return common_pattern(bugs) or Diagnosis(
-        "several", f"{len(bugs)} tensors are wrong: "
-        + "; ".join(f"{name}: {d.label}" for name, d in bugs.items()))
+        "several",
+        f"{len(bugs)} tensors are wrong: "
+        + "; ".join(f"{name}: {d.label}" for name, d in bugs.items()),
+    )
 
 
 def no_bug(diagnoses: dict[str, Diagnosis], excused: list[str], complete: bool) -> Diagnosis:
     """Nothing wrong in the gradient; failing tensors (if any) fail on round-off or kinks."""
     if excused:
         first = diagnoses[excused[0]]
-        return Diagnosis(first.kind, f"{', '.join(excused)} failed on {first.label}, not on "
-                         f"a gradient bug: {first.sentence}")
+        return Diagnosis(
+            first.kind,
+            f"{', '.join(excused)} failed on {first.label}, not on "
+            f"a gradient bug: {first.sentence}",
+        )
     sentence = "no bug found" + ("" if complete else " in the part checked (interrupted)")
     if diagnoses:
         sentence += "; " + "; ".join(d.sentence for d in diagnoses.values())
@@ -590,16 +662,21 @@ def common_pattern(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
     factor = shared_value([d.factor for d in bugs.values() if d.kind == "scale"], len(bugs))
     if factor is not None:
         return Diagnosis(
-            "scale", f"{names} are all scaled by {format_factor(factor)}: one factor "
+            "scale",
+            f"{names} are all scaled by {format_factor(factor)}: one factor "
             f"upstream of them, which every gradient below inherits (the output error dZ, or "
-            f"1/m applied in the wrong place)? {scale_causes(factor)}", factor=factor)
-    kappa = shared_value([d.l2_lambda for d in bugs.values() if d.kind == "missing_l2"],
-                         len(bugs))
+            f"1/m applied in the wrong place)? {scale_causes(factor)}",
+            factor=factor,
+        )
+    kappa = shared_value([d.l2_lambda for d in bugs.values() if d.kind == "missing_l2"], len(bugs))
     if kappa is not None:
         return Diagnosis(
-            "missing_l2", f"{names} all miss the same L2 term κ·θ with κ ≈ {kappa:.3g}: the "
+            "missing_l2",
+            f"{names} all miss the same L2 term κ·θ with κ ≈ {kappa:.3g}: the "
             f"cost has (λ/2m)·Σ‖W‖² but the backward pass leaves out (λ/m)·W "
-            f"(λ/m ≈ {kappa:.3g})", l2_lambda=kappa)
+            f"(λ/m ≈ {kappa:.3g})",
+            l2_lambda=kappa,
+        )
     return None
 
 

@@ -124,9 +124,20 @@ def check(
         incomplete.
     """
     validate_options(loss, method, mode, sample, tol, eps)
-    rerun = dict(loss=loss, params=params, grads=grads, eps=eps, method=method, mode=mode,
-                 sample=sample, tol=tol, seed=seed, progress=progress, executor=executor,
-                 n_jobs=n_jobs)
+    rerun = dict(
+        loss=loss,
+        params=params,
+        grads=grads,
+        eps=eps,
+        method=method,
+        mode=mode,
+        sample=sample,
+        tol=tol,
+        seed=seed,
+        progress=progress,
+        executor=executor,
+        n_jobs=n_jobs,
+    )
     parameters = parameter_set(params)
     snapshot = parameters.snapshot()
     restore_rng = parameters.rng_state()
@@ -157,8 +168,10 @@ def validate_options(loss: Any, method: str, mode: str, sample: Any, tol: Any, e
     if mode not in MODES:
         raise GradCheckError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "fast" and method == "complex":
-        raise GradCheckError("mode='fast' needs real steps: use method='central' (or "
-                             "'forward'/'backward') with it, or mode='full' for 'complex'")
+        raise GradCheckError(
+            "mode='fast' needs real steps: use method='central' (or "
+            "'forward'/'backward') with it, or mode='full' for 'complex'"
+        )
     if sample is not None:
         if mode != "sample":
             raise GradCheckError(f"sample={sample!r} needs mode='sample'")
@@ -184,8 +197,7 @@ def takes_argument(loss: Callable[..., Any]) -> bool:
     for parameter in signature.parameters.values():
         if parameter.kind is parameter.VAR_POSITIONAL:
             return True
-        positional = parameter.kind in (parameter.POSITIONAL_ONLY,
-                                         parameter.POSITIONAL_OR_KEYWORD)
+        positional = parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
         if positional and parameter.default is parameter.empty:
             return True
     return False
@@ -242,8 +254,13 @@ def loss_dtype(value: Any) -> np.dtype | None:
     return dtype if np.issubdtype(dtype, np.inexact) else None
 
 
-def make_evaluator(loss: Callable[..., Any], parameters: ParameterSet, pass_argument: bool,
-                   seed: int | None, argument: Any = None) -> Evaluate:
+def make_evaluator(
+    loss: Callable[..., Any],
+    parameters: ParameterSet,
+    pass_argument: bool,
+    seed: int | None,
+    argument: Any = None,
+) -> Evaluate:
     """A zero-argument function returning J; re-seeds the RNGs first if ``seed`` is set.
 
     ``argument`` overrides what the loss receives (the complex-step copies).
@@ -268,8 +285,13 @@ def make_evaluator(loss: Callable[..., Any], parameters: ParameterSet, pass_argu
 # -- before the first perturbation ----------------------------------------------------------
 
 
-def prepare(loss: Callable[..., Any], parameters: ParameterSet, grads: Any,
-            seed: int | None, snapshot: list[np.ndarray]) -> CheckSetup:
+def prepare(
+    loss: Callable[..., Any],
+    parameters: ParameterSet,
+    grads: Any,
+    seed: int | None,
+    snapshot: list[np.ndarray],
+) -> CheckSetup:
     """Evaluate J twice (randomness, NaN, mutation checks) and fetch the gradients."""
     pass_argument = takes_argument(loss)
     bind_loss = getattr(parameters, "bind_loss", None)
@@ -296,8 +318,7 @@ def prepare(loss: Callable[..., Any], parameters: ParameterSet, grads: Any,
             )
     reject_random_loss(first, second, seed, getattr(parameters, "randomness_hint", ""))
     unit_roundoff = computation_roundoff(parameters, loss_dtype(raw_first))
-    analytic, ignored = gradients_at_start(grads, loss, pass_argument, parameters, seed,
-                                           snapshot)
+    analytic, ignored = gradients_at_start(grads, loss, pass_argument, parameters, seed, snapshot)
     notes = [f"ignored gradient keys: {', '.join(ignored)}"] if ignored else []
     notes += getattr(parameters, "notes", [])
     return CheckSetup(parameters, analytic, evaluate, first, unit_roundoff, seconds, notes)
@@ -314,8 +335,7 @@ def reject_complex_loss(value: Any) -> None:
         raise LossError("the loss returned a complex number for real parameters")
 
 
-def reject_random_loss(first: float, second: float, seed: int | None,
-                       hint: str = "") -> None:
+def reject_random_loss(first: float, second: float, seed: int | None, hint: str = "") -> None:
     """Raise RandomLossError when two evaluations at the same point disagree."""
     if first == second or abs(first - second) <= 4 * np.finfo(float).eps * abs(first):
         return
@@ -343,9 +363,14 @@ def computation_roundoff(parameters: ParameterSet, returned: np.dtype | None) ->
     return max(float(np.finfo(d).eps) for d in dtypes) / 2
 
 
-def gradients_at_start(grads: Any, loss: Callable[..., Any], pass_argument: bool,
-                       parameters: ParameterSet, seed: int | None,
-                       snapshot: list[Any]) -> tuple[list[np.ndarray], list[str]]:
+def gradients_at_start(
+    grads: Any,
+    loss: Callable[..., Any],
+    pass_argument: bool,
+    parameters: ParameterSet,
+    seed: int | None,
+    snapshot: list[Any],
+) -> tuple[list[np.ndarray], list[str]]:
     """Analytic gradients aligned with the parameters.
 
     A callable is called once at the unperturbed point; ``None`` asks the framework
@@ -365,8 +390,9 @@ def gradients_at_start(grads: Any, loss: Callable[..., Any], pass_argument: bool
 # -- choosing elements and steps ------------------------------------------------------------
 
 
-def elements_to_check(size: int, mode: str, sample: int | None,
-                      rng: np.random.Generator) -> np.ndarray:
+def elements_to_check(
+    size: int, mode: str, sample: int | None, rng: np.random.Generator
+) -> np.ndarray:
     """Flat indices: all of them, or ``sample`` spread over equal strata of the tensor."""
     count = size if mode == "full" else min(size, sample or DEFAULT_SAMPLE)
     if count >= size:
@@ -375,20 +401,22 @@ def elements_to_check(size: int, mode: str, sample: int | None,
     return edges[:-1] + rng.integers(0, np.diff(edges))
 
 
-def step_sizes(values: np.ndarray, eps: float | str, method: str,
-               unit_roundoff: float) -> np.ndarray:
+def step_sizes(
+    values: np.ndarray, eps: float | str, method: str, unit_roundoff: float
+) -> np.ndarray:
     """The step for each element: ``eps``, or for 'auto' the classic optimum scaled by |θ|."""
     if eps != "auto":
         return np.full(values.shape, float(eps))
     machine_eps = 2 * unit_roundoff
     relative = {"central": machine_eps ** (1 / 3), "complex": DEFAULT_COMPLEX_EPS}.get(
-        method, machine_eps ** 0.5
+        method, machine_eps**0.5
     )
     return relative * np.maximum(1.0, np.abs(values))
 
 
-def resolve_eps(eps: float | str | None, method: str, parameters: ParameterSet,
-                notes: list[str]) -> float | str:
+def resolve_eps(
+    eps: float | str | None, method: str, parameters: ParameterSet, notes: list[str]
+) -> float | str:
     """The step to use; notes why when the parameters are not float64."""
     low = [n for n, d in zip(parameters.names, parameters.dtypes) if d != np.float64]
     if eps is None and method == "complex":
@@ -403,9 +431,15 @@ def resolve_eps(eps: float | str | None, method: str, parameters: ParameterSet,
     return "auto" if chosen == "auto" else float(chosen)
 
 
-def perturbed_values(values: np.ndarray, steps: np.ndarray, dtype: np.dtype,
-                     method: str, name: str, indices: np.ndarray,
-                     shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+def perturbed_values(
+    values: np.ndarray,
+    steps: np.ndarray,
+    dtype: np.dtype,
+    method: str,
+    name: str,
+    indices: np.ndarray,
+    shape: tuple,
+) -> tuple[np.ndarray, np.ndarray]:
     """θ+ε and θ−ε rounded to the parameter's dtype (θ itself for unused sides)."""
     plus = (values + steps).astype(dtype) if method in ("central", "forward") else values
     minus = (values - steps).astype(dtype) if method in ("central", "backward") else values
@@ -422,9 +456,18 @@ def perturbed_values(values: np.ndarray, steps: np.ndarray, dtype: np.dtype,
 # -- the evaluation loops -------------------------------------------------------------------
 
 
-def evaluate_two_sided(set_element: Callable, evaluate: Evaluate, indices: list[int],
-                       plus: list, minus: list, original: list, out_plus: list,
-                       out_minus: list, tick: Callable[[int], None], chunk: int) -> None:
+def evaluate_two_sided(
+    set_element: Callable,
+    evaluate: Evaluate,
+    indices: list[int],
+    plus: list,
+    minus: list,
+    original: list,
+    out_plus: list,
+    out_minus: list,
+    tick: Callable[[int], None],
+    chunk: int,
+) -> None:
     """Append J(θ+ε) and J(θ−ε) for each element to ``out_plus`` / ``out_minus``."""
     j = -1
     try:
@@ -442,9 +485,16 @@ def evaluate_two_sided(set_element: Callable, evaluate: Evaluate, indices: list[
     tick(len(indices) % chunk)
 
 
-def evaluate_one_sided(set_element: Callable, evaluate: Evaluate, indices: list[int],
-                       shifted: list, original: list, out: list,
-                       tick: Callable[[int], None], chunk: int) -> None:
+def evaluate_one_sided(
+    set_element: Callable,
+    evaluate: Evaluate,
+    indices: list[int],
+    shifted: list,
+    original: list,
+    out: list,
+    tick: Callable[[int], None],
+    chunk: int,
+) -> None:
     """Append J at the shifted value of each element to ``out``."""
     j = -1
     try:
@@ -475,27 +525,44 @@ class TensorPlan:
     steps: np.ndarray
 
 
-def plan_tensors(setup: CheckSetup, eps: float | str, method: str, mode: str,
-                 sample: int | None, seed: int | None) -> list[TensorPlan]:
+def plan_tensors(
+    setup: CheckSetup,
+    eps: float | str,
+    method: str,
+    mode: str,
+    sample: int | None,
+    seed: int | None,
+) -> list[TensorPlan]:
     rng = np.random.default_rng(seed)
     plans = []
     params = setup.params
-    for position, (name, shape, dtype) in enumerate(zip(params.names, params.shapes,
-                                                         params.dtypes)):
+    for position, (name, shape, dtype) in enumerate(
+        zip(params.names, params.shapes, params.dtypes)
+    ):
         size = int(np.prod(shape, dtype=np.int64))
         indices = elements_to_check(size, mode, sample, rng)
         values = params.flat_values(position, indices)
         steps = step_sizes(values.astype(np.float64), eps, method, setup.unit_roundoff)
-        plus, minus = perturbed_values(values.astype(np.float64), steps, dtype, method,
-                                       name, indices, shape)
-        plans.append(TensorPlan(position, name, tuple(shape), dtype, indices, values, plus,
-                                minus, steps))
+        plus, minus = perturbed_values(
+            values.astype(np.float64), steps, dtype, method, name, indices, shape
+        )
+        plans.append(
+            TensorPlan(position, name, tuple(shape), dtype, indices, values, plus, minus, steps)
+        )
     return plans
 
 
-def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | None,
-              method: str, mode: str, sample: int | None, tol: float, seed: int | None,
-              progress: bool | None) -> GradCheckResult:
+def run_check(
+    setup: CheckSetup,
+    loss: Callable[..., Any],
+    eps: float | str | None,
+    method: str,
+    mode: str,
+    sample: int | None,
+    tol: float,
+    seed: int | None,
+    progress: bool | None,
+) -> GradCheckResult:
     from nbgradcheck.core.localize import choose_mode, fast_check, probe_repeatability
 
     notes = list(setup.notes)
@@ -533,12 +600,22 @@ def run_check(setup: CheckSetup, loss: Callable[..., Any], eps: float | str | No
         bar.close()
     evaluations += probe_repeatability(tensors, setup) if complete else 0
     notes += result_notes(tensors, setup, method)
-    return GradCheckResult(tensors, method, eps, mode, tol, evaluations, setup.loss_value,
-                           complete=complete, notes=notes)
+    return GradCheckResult(
+        tensors,
+        method,
+        eps,
+        mode,
+        tol,
+        evaluations,
+        setup.loss_value,
+        complete=complete,
+        notes=notes,
+    )
 
 
-def refine_failing(plan: TensorPlan, tensor: TensorCheck, setup: CheckSetup, method: str,
-                   chunk: int, tol: float) -> int:
+def refine_failing(
+    plan: TensorPlan, tensor: TensorCheck, setup: CheckSetup, method: str, chunk: int, tol: float
+) -> int:
     """Re-estimate failing elements with smaller steps; adopt estimates that agree.
 
     A probe of a few failing elements goes first: when smaller steps do not fix most of
@@ -548,8 +625,9 @@ def refine_failing(plan: TensorPlan, tensor: TensorCheck, setup: CheckSetup, met
     evaluations = 0
     for level in range(1, REFINE_LEVELS + 1):
         candidates = np.flatnonzero(tensor.element_failing & ~tensor.kink)
-        probe = candidates[np.linspace(0, candidates.size - 1, min(candidates.size,
-                                                                    REFINE_PROBE)).astype(int)]
+        probe = candidates[
+            np.linspace(0, candidates.size - 1, min(candidates.size, REFINE_PROBE)).astype(int)
+        ]
         fixed, spent = re_estimate(plan, tensor, probe, level, setup, method, chunk, tol)
         evaluations += spent
         if not probe.size or fixed < probe.size / 2:
@@ -559,8 +637,16 @@ def refine_failing(plan: TensorPlan, tensor: TensorCheck, setup: CheckSetup, met
     return evaluations
 
 
-def re_estimate(plan: TensorPlan, tensor: TensorCheck, positions: np.ndarray, level: int,
-                setup: CheckSetup, method: str, chunk: int, tol: float) -> tuple[int, int]:
+def re_estimate(
+    plan: TensorPlan,
+    tensor: TensorCheck,
+    positions: np.ndarray,
+    level: int,
+    setup: CheckSetup,
+    method: str,
+    chunk: int,
+    tol: float,
+) -> tuple[int, int]:
     """Central/one-sided estimates at steps REFINE_FACTOR**level times smaller.
 
     Returns (elements now agreeing, loss evaluations spent).
@@ -579,19 +665,21 @@ def re_estimate(plan: TensorPlan, tensor: TensorCheck, positions: np.ndarray, le
     return int(agreeing.sum()), len(outputs[0]) + len(outputs[1])
 
 
-def sub_plan(plan: TensorPlan, positions: np.ndarray, steps: np.ndarray,
-             method: str) -> TensorPlan:
+def sub_plan(plan: TensorPlan, positions: np.ndarray, steps: np.ndarray, method: str) -> TensorPlan:
     """The same tensor's elements at ``positions``, with new steps."""
     values = plan.values[positions]
     indices = plan.indices[positions]
-    plus, minus = perturbed_values(values.astype(np.float64), steps, plan.dtype, method,
-                                   plan.name, indices, plan.shape)
-    return TensorPlan(plan.position, plan.name, plan.shape, plan.dtype, indices, values,
-                      plus, minus, steps)
+    plus, minus = perturbed_values(
+        values.astype(np.float64), steps, plan.dtype, method, plan.name, indices, plan.shape
+    )
+    return TensorPlan(
+        plan.position, plan.name, plan.shape, plan.dtype, indices, values, plus, minus, steps
+    )
 
 
-def complex_evaluator(loss: Callable[..., Any], setup: CheckSetup,
-                      seed: int | None) -> Callable[[int, np.ndarray], Evaluate]:
+def complex_evaluator(
+    loss: Callable[..., Any], setup: CheckSetup, seed: int | None
+) -> Callable[[int, np.ndarray], Evaluate]:
     """For method='complex': J evaluated on the structure with one array made complex."""
     if not takes_argument(loss):
         raise GradCheckError(
@@ -609,8 +697,15 @@ def complex_evaluator(loss: Callable[..., Any], setup: CheckSetup,
     return for_tensor
 
 
-def run_tensor(plan: TensorPlan, setup: CheckSetup, method: str, evaluator: Any,
-               outputs: tuple[list, list], tick: Callable[[int], None], chunk: int) -> None:
+def run_tensor(
+    plan: TensorPlan,
+    setup: CheckSetup,
+    method: str,
+    evaluator: Any,
+    outputs: tuple[list, list],
+    tick: Callable[[int], None],
+    chunk: int,
+) -> None:
     """Evaluate J at the planned points of one tensor, appending to ``outputs``."""
     indices = plan.indices.tolist()
     original = plan.values.tolist()
@@ -622,36 +717,60 @@ def run_tensor(plan: TensorPlan, setup: CheckSetup, method: str, evaluator: Any,
         elif method == "complex":
             complex_copy = setup.params.arrays[plan.position].astype(np.complex128)
             shifted = (plan.values + 1j * plan.steps).tolist()
-            evaluate_one_sided(element_setter(complex_copy), evaluator(plan.position,
-                               complex_copy), indices, shifted, original, outputs[0],
-                               tick, chunk)
+            evaluate_one_sided(
+                element_setter(complex_copy),
+                evaluator(plan.position, complex_copy),
+                indices,
+                shifted,
+                original,
+                outputs[0],
+                tick,
+                chunk,
+            )
         elif batched is not None:
             evaluate_batched(batched, plan, method, outputs, tick, max(chunk, BATCH_ELEMENTS))
         elif method == "central":
-            evaluate_two_sided(set_element, setup.evaluate, indices, plan.plus.tolist(),
-                               plan.minus.tolist(), original, outputs[0], outputs[1],
-                               tick, chunk)
+            evaluate_two_sided(
+                set_element,
+                setup.evaluate,
+                indices,
+                plan.plus.tolist(),
+                plan.minus.tolist(),
+                original,
+                outputs[0],
+                outputs[1],
+                tick,
+                chunk,
+            )
         else:
             side = plan.plus if method == "forward" else plan.minus
             out = outputs[0] if method == "forward" else outputs[1]
-            evaluate_one_sided(set_element, setup.evaluate, indices, side.tolist(), original,
-                               out, tick, chunk)
+            evaluate_one_sided(
+                set_element, setup.evaluate, indices, side.tolist(), original, out, tick, chunk
+            )
     except LossError:
         raise
     except Exception as error:
         # the element in flight: θ−ε values are recorded last in central differences
         done = len(outputs[1]) if method in ("central", "backward") else len(outputs[0])
-        where = plan.name + format_index(np.unravel_index(indices[min(done, len(indices) - 1)],
-                                                          plan.shape))
+        where = plan.name + format_index(
+            np.unravel_index(indices[min(done, len(indices) - 1)], plan.shape)
+        )
         if hasattr(error, "add_note"):
-            error.add_note(f"(nbgradcheck: raised while {where} was perturbed; "
-                           f"parameters restored)")
+            error.add_note(
+                f"(nbgradcheck: raised while {where} was perturbed; parameters restored)"
+            )
         raise
 
 
-def evaluate_batched(batched: Callable, plan: TensorPlan, method: str,
-                     outputs: tuple[list, list], tick: Callable[[int], None],
-                     chunk: int) -> None:
+def evaluate_batched(
+    batched: Callable,
+    plan: TensorPlan,
+    method: str,
+    outputs: tuple[list, list],
+    tick: Callable[[int], None],
+    chunk: int,
+) -> None:
     """Vectorized evaluation through the adapter's ``batched_losses``, chunk by chunk.
 
     ``batched_losses(position, indices, values)`` returns J with each listed element set
@@ -664,16 +783,21 @@ def evaluate_batched(batched: Callable, plan: TensorPlan, method: str,
     for start in range(0, plan.indices.size, chunk):
         stop = start + chunk
         for shifted, out in sides:
-            out.extend(np.asarray(batched(plan.position, plan.indices[start:stop],
-                                          shifted[start:stop]), dtype=float).tolist())
+            out.extend(
+                np.asarray(
+                    batched(plan.position, plan.indices[start:stop], shifted[start:stop]),
+                    dtype=float,
+                ).tolist()
+            )
         tick(min(stop, plan.indices.size) - start)
 
 
 # -- from loss values to measurements -------------------------------------------------------
 
 
-def measure_tensor(plan: TensorPlan, setup: CheckSetup, method: str,
-                   outputs: tuple[list, list], tol: float) -> TensorCheck:
+def measure_tensor(
+    plan: TensorPlan, setup: CheckSetup, method: str, outputs: tuple[list, list], tol: float
+) -> TensorCheck:
     """Numeric gradient, round-off floor and kinks from the recorded loss values."""
     count = plan.indices.size
     reject_non_finite(plan, outputs)
@@ -704,9 +828,22 @@ def measure_tensor(plan: TensorPlan, setup: CheckSetup, method: str,
     kink = np.zeros(count, dtype=bool)
     if method == "central":
         kink = kink_crossings(numeric, analytic, j0, loss_plus, loss_minus, up, down, noise, tol)
-    return TensorCheck(plan.name, plan.shape, plan.dtype, plan.indices, values,
-                       analytic, numeric, step, loss_plus, loss_minus, noise, kink,
-                       analytic_full, tol)
+    return TensorCheck(
+        plan.name,
+        plan.shape,
+        plan.dtype,
+        plan.indices,
+        values,
+        analytic,
+        numeric,
+        step,
+        loss_plus,
+        loss_minus,
+        noise,
+        kink,
+        analytic_full,
+        tol,
+    )
 
 
 def padded(values: list, count: int, dtype: type = float) -> np.ndarray:
@@ -730,8 +867,15 @@ def reject_non_finite(plan: TensorPlan, outputs: tuple[list, list]) -> None:
         )
 
 
-def noise_floor(method: str, unit_roundoff: float, j0: float, loss_plus: np.ndarray,
-                loss_minus: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+def noise_floor(
+    method: str,
+    unit_roundoff: float,
+    j0: float,
+    loss_plus: np.ndarray,
+    loss_minus: np.ndarray,
+    up: np.ndarray,
+    down: np.ndarray,
+) -> np.ndarray:
     """How far round-off in J alone can move each numeric estimate."""
     error = NOISE_FACTOR * unit_roundoff
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -744,9 +888,17 @@ def noise_floor(method: str, unit_roundoff: float, j0: float, loss_plus: np.ndar
     return np.zeros_like(loss_plus)
 
 
-def kink_crossings(numeric: np.ndarray, analytic: np.ndarray, j0: float,
-                   loss_plus: np.ndarray, loss_minus: np.ndarray, up: np.ndarray,
-                   down: np.ndarray, noise: np.ndarray, tol: float) -> np.ndarray:
+def kink_crossings(
+    numeric: np.ndarray,
+    analytic: np.ndarray,
+    j0: float,
+    loss_plus: np.ndarray,
+    loss_minus: np.ndarray,
+    up: np.ndarray,
+    down: np.ndarray,
+    noise: np.ndarray,
+    tol: float,
+) -> np.ndarray:
     """Elements whose discrepancy a slope jump between θ−ε and θ+ε explains.
 
     At a kink the left and right slopes differ by the jump, the central estimate is
@@ -760,9 +912,7 @@ def kink_crossings(numeric: np.ndarray, analytic: np.ndarray, j0: float,
     failing = error > np.maximum(tol * (np.abs(numeric) + np.abs(analytic)), noise)
     near_a_side = np.minimum(np.abs(analytic - left), np.abs(analytic - right))
     jump = np.abs(right - left)
-    return failing & (near_a_side <= KINK_SIDE_RATIO * error) & (jump >= error) & (
-        jump > 4 * noise
-    )
+    return failing & (near_a_side <= KINK_SIDE_RATIO * error) & (jump >= error) & (jump > 4 * noise)
 
 
 def result_notes(tensors: list[TensorCheck], setup: CheckSetup, method: str) -> list[str]:
@@ -779,7 +929,7 @@ def result_notes(tensors: list[TensorCheck], setup: CheckSetup, method: str) -> 
         where = ", ".join(f"{count} in {name}" for name, count in refined.items())
         notes.append(
             f"re-estimated with a smaller step ({where}): the first step gave a discrepancy "
-            f"that a step ε/{REFINE_FACTOR} or ε/{REFINE_FACTOR ** 2} removed (kinks, "
+            f"that a step ε/{REFINE_FACTOR} or ε/{REFINE_FACTOR**2} removed (kinks, "
             f"curvature or round-off, not a bug); their steps are in result.tensor(name).step"
         )
     floor = max((t.floor for t in tensors if t.evaluated.any()), default=0.0)

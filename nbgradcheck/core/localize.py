@@ -306,8 +306,7 @@ class DirectionalTests:
     def unbiased(self) -> np.ndarray:
         """The tests that enter the verdict: all but kink crossings and the one that
         triggered the localization (a test picked for failing would bias the verdict)."""
-        mask = np.array([not (t.trigger or t.at_kink(t.original)) for t in self.tests],
-                        dtype=bool)
+        mask = np.array([not (t.trigger or t.at_kink(t.original)) for t in self.tests], dtype=bool)
         return mask if mask.any() else np.ones(len(self.tests), dtype=bool)
 
     @property
@@ -361,7 +360,8 @@ class DirectionalTests:
         elements that straddle kinks."""
         difference, floor = self.sample_difference(tensor)
         sample_passes = np.isnan(difference) or difference <= max(
-            tensor.tol, min(floor, MAX_FLOOR_EXCUSE))
+            tensor.tol, min(floor, MAX_FLOOR_EXCUSE)
+        )
         return bool(self.passed and sample_passes)
 
 
@@ -371,8 +371,16 @@ class DirectionalTests:
 class TensorSearch:
     """Fast mode's state for one tensor: screen, sample, localize, verify."""
 
-    def __init__(self, setup: CheckSetup, position: int, eps: float | str, method: str,
-                 tol: float, rng: np.random.Generator, counter: CountingEvaluate) -> None:
+    def __init__(
+        self,
+        setup: CheckSetup,
+        position: int,
+        eps: float | str,
+        method: str,
+        tol: float,
+        rng: np.random.Generator,
+        counter: CountingEvaluate,
+    ) -> None:
         params = setup.params
         self.setup, self.position, self.eps, self.method = setup, position, eps, method
         self.tol, self.rng, self.counter = tol, rng, counter
@@ -384,9 +392,9 @@ class TensorSearch:
         self.values = params.flat_values(position, self.everything)
         self.values64 = self.values.astype(np.float64)
         self.steps = step_sizes(self.values64, eps, method, setup.unit_roundoff)
-        self.plus, self.minus = perturbed_values(self.values64, self.steps, self.dtype,
-                                                 "central", self.name, self.everything,
-                                                 self.shape)
+        self.plus, self.minus = perturbed_values(
+            self.values64, self.steps, self.dtype, "central", self.name, self.everything, self.shape
+        )
         self.analytic = setup.analytic[position].reshape(-1)
         self.corrected = self.analytic.copy()
         self.set_group = group_setter(params, position)
@@ -463,19 +471,29 @@ class TensorSearch:
         queue, leaves = [(root, signs)], []
         while queue:
             leaves += [group for group, _ in queue if group.size <= LEAF_SIZE]
-            queue = self.failing_groups([
-                (group[half], signs[half]) for group, signs in queue if group.size > LEAF_SIZE
-                for half in (slice(None, (group.size + 1) // 2),
-                             slice((group.size + 1) // 2, None))
-            ])
+            queue = self.failing_groups(
+                [
+                    (group[half], signs[half])
+                    for group, signs in queue
+                    if group.size > LEAF_SIZE
+                    for half in (
+                        slice(None, (group.size + 1) // 2),
+                        slice((group.size + 1) // 2, None),
+                    )
+                ]
+            )
             if len(queue) > MAX_FAILING_GROUPS:
-                self.sample(np.concatenate([group for group, _ in queue]), 2 * SAMPLE_ELEMENTS,
-                            partners=False)
+                self.sample(
+                    np.concatenate([group for group, _ in queue]),
+                    2 * SAMPLE_ELEMENTS,
+                    partners=False,
+                )
                 return None
         return np.concatenate(leaves) if leaves else np.array([], dtype=np.int64)
 
-    def failing_groups(self, groups: list[tuple[np.ndarray, np.ndarray]]
-                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def failing_groups(
+        self, groups: list[tuple[np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The (group, signs) failing one of up to HALF_DIRECTIONS directional tests.
 
         The first test of a half uses the signs its parent failed along: the parent's
@@ -487,27 +505,32 @@ class TensorSearch:
         failing: list[np.ndarray | None] = [None] * len(groups)
         for attempt in range(HALF_DIRECTIONS):
             pending = [i for i, signs in enumerate(failing) if signs is None]
-            signs = [groups[i][1] if attempt == 0 else random_signs(self.rng, groups[i][0].size)
-                     for i in pending]
+            signs = [
+                groups[i][1] if attempt == 0 else random_signs(self.rng, groups[i][0].size)
+                for i in pending
+            ]
             self.record.group_tests += len(pending)
             tests = self.tests([groups[i][0] for i in pending], signs, self.step_level)
             for i, tried, test in zip(pending, signs, tests):
                 if test.failing:
                     failing[i] = tried
-        return [(group, signs) for (group, _), signs in zip(groups, failing)
-                if signs is not None]
+        return [(group, signs) for (group, _), signs in zip(groups, failing) if signs is not None]
 
-    def tests(self, groups: list[np.ndarray], signs: list[np.ndarray],
-              level: int) -> list[DirectionalTest | None]:
+    def tests(
+        self, groups: list[np.ndarray], signs: list[np.ndarray], level: int
+    ) -> list[DirectionalTest | None]:
         """Directional tests of several groups; their losses computed by the workers in
         one batch when the check runs on an executor (see :mod:`nbgradcheck.parallel.executor`)."""
         runner = self.setup.runner
         if runner is None or len(groups) < 2:
             return [self.test(g, s, level) for g, s in zip(groups, signs)]
         points = [self.points(g, s, level) for g, s in zip(groups, signs)]
-        losses = runner.group_losses(self.position, [None if p is None else (g, *p)
-                                                     for g, p in zip(groups, points)],
-                                     self.method, self.setup)
+        losses = runner.group_losses(
+            self.position,
+            [None if p is None else (g, *p) for g, p in zip(groups, points)],
+            self.method,
+            self.setup,
+        )
         saved = self.counter.evaluate, self.set_group
         self.counter.evaluate, self.set_group = losses, lambda indices, values: None
         try:  # the same tests, on the workers' losses; the user's arrays stay untouched
@@ -556,8 +579,9 @@ class TensorSearch:
         h = up - down
         length = float(np.sqrt(dot(h, h)))
         analytic = self.corrected[where]
-        roundoff = (NOISE_MARGIN * NOISE_FACTOR * self.setup.unit_roundoff
-                    * (abs(j_up) + abs(j_down)))
+        roundoff = (
+            NOISE_MARGIN * NOISE_FACTOR * self.setup.unit_roundoff * (abs(j_up) + abs(j_down))
+        )
         left, right = float("nan"), float("nan")
         if self.method == "central":
             theta, j0 = self.values64[where], self.setup.loss_value
@@ -577,8 +601,9 @@ class TensorSearch:
             right=right,
         )
 
-    def points(self, where: np.ndarray | slice, signs: np.ndarray,
-               level: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def points(
+        self, where: np.ndarray | slice, signs: np.ndarray, level: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The two points θ+δ and θ−δ over a group (θ itself for an unused side)."""
         values = self.values[where]
         if level == 0:
@@ -597,8 +622,7 @@ class TensorSearch:
             up = values
         return up, down
 
-    def losses(self, group: np.ndarray, up: np.ndarray,
-               down: np.ndarray) -> tuple[float, float]:
+    def losses(self, group: np.ndarray, up: np.ndarray, down: np.ndarray) -> tuple[float, float]:
         """J at the two points (J₀ for an unused side); the group is restored exactly."""
         j0 = self.setup.loss_value
         try:
@@ -608,8 +632,10 @@ class TensorSearch:
             raise
         except Exception as error:
             if hasattr(error, "add_note"):
-                error.add_note(f"(nbgradcheck: raised while {group.size} elements of "
-                               f"{self.name} were perturbed; parameters restored)")
+                error.add_note(
+                    f"(nbgradcheck: raised while {group.size} elements of "
+                    f"{self.name} were perturbed; parameters restored)"
+                )
             raise
         finally:
             self.set_group(group, self.values[contiguous(group)])
@@ -654,18 +680,27 @@ class TensorSearch:
         self.checked[indices] = True
         if interrupted:
             raise KeyboardInterrupt
-        self.element_evaluations += refine_failing(plan, tensor, self.setup, self.method,
-                                                   self.chunk, self.tol)
+        self.element_evaluations += refine_failing(
+            plan, tensor, self.setup, self.method, self.chunk, self.tol
+        )
         wrong = tensor.element_failing & ~tensor.kink
         self.corrected[tensor.indices[wrong]] = tensor.numeric[wrong]
 
     def element_plan(self, indices: np.ndarray) -> TensorPlan:
         values = self.values[indices]
         steps = self.steps[indices]
-        plus, minus = perturbed_values(values.astype(np.float64), steps, self.dtype,
-                                       self.method, self.name, indices, self.shape)
-        return TensorPlan(self.position, self.name, self.shape, self.dtype, indices, values,
-                          plus, minus, steps)
+        plus, minus = perturbed_values(
+            values.astype(np.float64),
+            steps,
+            self.dtype,
+            self.method,
+            self.name,
+            indices,
+            self.shape,
+        )
+        return TensorPlan(
+            self.position, self.name, self.shape, self.dtype, indices, values, plus, minus, steps
+        )
 
     def failing_found(self) -> bool:
         return any(bool((t.element_failing & ~t.kink).any()) for t in self.checks)
@@ -685,14 +720,35 @@ class TensorSearch:
 
     def template(self) -> TensorCheck:
         empty = np.array([], dtype=np.float64)
-        return TensorCheck(self.name, self.shape, self.dtype, np.array([], dtype=np.int64),
-                           empty, empty, empty, empty, empty, empty, empty,
-                           np.array([], dtype=bool), self.setup.analytic[self.position],
-                           self.tol)
+        return TensorCheck(
+            self.name,
+            self.shape,
+            self.dtype,
+            np.array([], dtype=np.int64),
+            empty,
+            empty,
+            empty,
+            empty,
+            empty,
+            empty,
+            empty,
+            np.array([], dtype=bool),
+            self.setup.analytic[self.position],
+            self.tol,
+        )
 
 
-MERGED_FIELDS = ("indices", "values", "analytic", "numeric", "step", "loss_plus",
-                 "loss_minus", "noise", "kink")
+MERGED_FIELDS = (
+    "indices",
+    "values",
+    "analytic",
+    "numeric",
+    "step",
+    "loss_plus",
+    "loss_minus",
+    "noise",
+    "kink",
+)
 
 
 def merged_checks(parts: list[TensorCheck], template: TensorCheck) -> TensorCheck:
@@ -709,13 +765,22 @@ def merged_checks(parts: list[TensorCheck], template: TensorCheck) -> TensorChec
 # -- the whole check ------------------------------------------------------------------------
 
 
-def fast_check(setup: CheckSetup, eps: float | str, method: str, tol: float,
-               seed: int | None, progress: bool | None, notes: list[str]) -> GradCheckResult:
+def fast_check(
+    setup: CheckSetup,
+    eps: float | str,
+    method: str,
+    tol: float,
+    seed: int | None,
+    progress: bool | None,
+    notes: list[str],
+) -> GradCheckResult:
     """mode='fast': directional screening of every tensor, localization of failures."""
     rng = np.random.default_rng(seed)
     counter = CountingEvaluate(setup.evaluate)
-    searches = [TensorSearch(setup, position, eps, method, tol, rng, counter)
-                for position in range(len(setup.params.names))]
+    searches = [
+        TensorSearch(setup, position, eps, method, tol, rng, counter)
+        for position in range(len(setup.params.names))
+    ]
     expected = setup.seconds_per_evaluation * fast_minimum(len(searches), method)
     bar = Progress(sum(s.size for s in searches), should_show(progress, expected))
     complete = True
@@ -738,8 +803,17 @@ def fast_check(setup: CheckSetup, eps: float | str, method: str, tol: float,
         evaluations += probe_repeatability(tensors, setup)
     notes = notes + fast_notes(tensors, time.perf_counter() - started)
     notes += result_notes(tensors, setup, method)
-    return GradCheckResult(tensors, method, eps, "fast", tol, evaluations, setup.loss_value,
-                           complete=complete, notes=notes)
+    return GradCheckResult(
+        tensors,
+        method,
+        eps,
+        "fast",
+        tol,
+        evaluations,
+        setup.loss_value,
+        complete=complete,
+        notes=notes,
+    )
 
 
 def fast_notes(tensors: list[TensorCheck], seconds: float) -> list[str]:
@@ -753,16 +827,19 @@ def fast_notes(tensors: list[TensorCheck], seconds: float) -> list[str]:
     ]
     stopped = {
         "dense": "most sampled elements are wrong, so the bug is spread over the tensor; "
-                 "localization skipped (see the diagnosis)",
+        "localization skipped (see the diagnosis)",
         "spread": f"localization stopped: more than {MAX_FAILING_GROUPS} groups failed at "
-                  f"once; the elements listed are some of the wrong ones (mode='full' checks "
-                  f"all)",
+        f"once; the elements listed are some of the wrong ones (mode='full' checks "
+        f"all)",
         "unresolved": f"directions still fail after {MAX_ROUNDS} rounds of localization; "
-                      f"the elements listed are some of the wrong ones (mode='full' checks "
-                      f"all)",
+        f"the elements listed are some of the wrong ones (mode='full' checks "
+        f"all)",
     }
-    notes += [f"{t.name}: {stopped[t.directional.status]}" for t in tensors
-              if t.directional.status in stopped and not t.passed]
+    notes += [
+        f"{t.name}: {stopped[t.directional.status]}"
+        for t in tensors
+        if t.directional.status in stopped and not t.passed
+    ]
     return notes
 
 

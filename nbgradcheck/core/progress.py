@@ -34,8 +34,13 @@ class Progress:
         if enabled and total > 0:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=description, unit="elem",
-                            mininterval=REDRAW_SECONDS, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                desc=description,
+                unit="elem",
+                mininterval=REDRAW_SECONDS,
+                dynamic_ncols=True,
+            )
 
     @property
     def shown(self) -> bool:

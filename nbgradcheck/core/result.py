@@ -184,9 +184,11 @@ class TensorCheck:
         pessimistic bound (several unit round-offs); one round-off is the zero level."""
         counted = self.counted
         zero_level = self.noise[counted] * ZERO_LEVEL
-        return bool(counted.any()
-                    and np.all(np.abs(self.numeric[counted]) <= zero_level)
-                    and np.all(np.abs(self.analytic[counted]) <= zero_level))
+        return bool(
+            counted.any()
+            and np.all(np.abs(self.numeric[counted]) <= zero_level)
+            and np.all(np.abs(self.analytic[counted]) <= zero_level)
+        )
 
     @property
     def floor_excuse(self) -> float:
@@ -392,8 +394,9 @@ class GradCheckResult(ResultViews):
         from nbgradcheck.core.engine import check
 
         arguments = {**self.rerun, **changes}
-        return check(arguments.pop("loss"), arguments.pop("params"), arguments.pop("grads"),
-                     **arguments)
+        return check(
+            arguments.pop("loss"), arguments.pop("params"), arguments.pop("grads"), **arguments
+        )
 
     # -- text -------------------------------------------------------------------------
     def summary(self) -> str:
@@ -401,8 +404,10 @@ class GradCheckResult(ResultViews):
         step = f"eps={self.eps:g}" if isinstance(self.eps, float) else f"eps={self.eps}"
         covered = f"{self.n_checked} of {self.n_parameters} elements"
         if self.mode == "fast":
-            covered = (f"fast: {self.n_parameters} elements in directional tests, "
-                       f"{self.n_checked} one by one")
+            covered = (
+                f"fast: {self.n_parameters} elements in directional tests, "
+                f"{self.n_checked} one by one"
+            )
         line = (
             f"Gradient check {status}: {self.verdict} (global relative difference "
             f"{self.difference:.2e}; {covered}, "

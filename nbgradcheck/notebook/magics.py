@@ -95,9 +95,7 @@ def split_options(line: str, parser: argparse.ArgumentParser) -> tuple[list[str]
     or an option's value (or after ``--``), and is kept exactly as typed (quotes, spaces).
     """
     takes_value = {
-        option: action.nargs != 0
-        for action in parser._actions
-        for option in action.option_strings
+        option: action.nargs != 0 for action in parser._actions for option in action.option_strings
     }
     words: list[str] = []
     position, expects_value = 0, False
@@ -107,17 +105,19 @@ def split_options(line: str, parser: argparse.ArgumentParser) -> tuple[list[str]
             words.append(unquoted(word))
             expects_value = False
         elif word == "--":
-            return words, line[match.end():].strip()
+            return words, line[match.end() :].strip()
         elif OPTION_LIKE.match(word):
             name, has_equals, value = word.partition("=")
             attached = name not in takes_value and name[:2] in takes_value and name[1] != "-"
             if name not in takes_value and not attached:
-                raise UsageError(f"unrecognized option {name} (see %{parser.prog}?); put -- "
-                                 f"before an expression that starts with '-'")
+                raise UsageError(
+                    f"unrecognized option {name} (see %{parser.prog}?); put -- "
+                    f"before an expression that starts with '-'"
+                )
             words.append(f"{name}={unquoted(value)}" if has_equals else word)
             expects_value = takes_value.get(name, False) and not has_equals and not attached
         else:
-            return words, line[match.start(1):].strip()
+            return words, line[match.start(1) :].strip()
         position = match.end()
     return words, ""
 
@@ -144,8 +144,9 @@ def compile_user_code(source: str, what: str, mode: str = "eval") -> CodeType:
         return compile(source, f"{USER_CODE_PREFIX}{what}>", mode)
     except SyntaxError as error:
         if mode == "exec":
-            raise UsageError(f"the {what} is not valid Python (line {error.lineno}): "
-                             f"{error.msg}") from None
+            raise UsageError(
+                f"the {what} is not valid Python (line {error.lineno}): {error.msg}"
+            ) from None
         raise UsageError(f"{what} is not valid Python: {error.msg}: {source!r}") from None
 
 
@@ -159,7 +160,7 @@ def raised_by_user_code(error: BaseException) -> str | None:
     filename = traceback.tb_frame.f_code.co_filename
     if not filename.startswith(USER_CODE_PREFIX):
         return None
-    return filename[len(USER_CODE_PREFIX):-1]
+    return filename[len(USER_CODE_PREFIX) : -1]
 
 
 def one_line(message: str) -> str:
@@ -199,8 +200,7 @@ class UserNamespace:
 
     def evaluate(self, source: str, what: str) -> Any:
         """The value of ``source`` now (``what`` names it in error messages)."""
-        return eval(compile_user_code(source, what), self.shell.user_global_ns,
-                    self.shell.user_ns)
+        return eval(compile_user_code(source, what), self.shell.user_global_ns, self.shell.user_ns)
 
     def expression_function(self, source: str, what: str) -> Callable[[], Any]:
         """A zero-argument function evaluating ``source`` afresh on every call."""
@@ -221,8 +221,7 @@ class UserNamespace:
             raise UsageError(f"the last line of the {what} must be an expression: the loss")
         body = ast.Module(body=tree.body[:-1], type_ignores=[])
         statements = compile(body, f"{USER_CODE_PREFIX}{what}>", "exec")
-        last = compile(ast.Expression(tree.body[-1].value), f"{USER_CODE_PREFIX}{what}>",
-                       "eval")
+        last = compile(ast.Expression(tree.body[-1].value), f"{USER_CODE_PREFIX}{what}>", "eval")
         user_ns = self.shell.user_ns
 
         def run_cell() -> Any:
@@ -347,29 +346,49 @@ class GradCheckMagics(Magics):
     @no_var_expand
     @magic_arguments()
     @kwds(formatter_class=argparse.RawDescriptionHelpFormatter, description=GRADCHECK_HELP)
-    @argument("--wrt", metavar="NAME[,NAME...]", required=True,
-              help="the parameters: a dict or list of arrays, one array, or a torch "
-                   "module; several names make a dict {NAME: array}")
-    @argument("--grads", metavar="NAME|EXPR",
-              help="the analytic gradient (same structure as --wrt, dict keys W1 or dW1), "
-                   "or a function returning it; quote an EXPR that contains spaces; leave "
-                   "it out for torch parameters to use autograd")
+    @argument(
+        "--wrt",
+        metavar="NAME[,NAME...]",
+        required=True,
+        help="the parameters: a dict or list of arrays, one array, or a torch "
+        "module; several names make a dict {NAME: array}",
+    )
+    @argument(
+        "--grads",
+        metavar="NAME|EXPR",
+        help="the analytic gradient (same structure as --wrt, dict keys W1 or dW1), "
+        "or a function returning it; quote an EXPR that contains spaces; leave "
+        "it out for torch parameters to use autograd",
+    )
     @argument("--eps", type=eps_value, metavar="EPS|auto", help="step size (default 1e-6)")
     @argument("--method", choices=METHODS, default="central", help="finite differences")
     @argument("--mode", choices=MODES, help="check every element, or --sample N of each")
-    @argument("--sample", type=positive_int, metavar="N",
-              help="check N elements of every tensor (implies --mode sample)")
+    @argument(
+        "--sample",
+        type=positive_int,
+        metavar="N",
+        help="check N elements of every tensor (implies --mode sample)",
+    )
     @argument("--tol", type=positive_float, default=1e-5, help="largest passing difference")
     @argument("--seed", type=int, help="re-seed the RNGs before every evaluation (dropout)")
     @argument("-o", "--output", metavar="VAR", help="also store the result in VAR")
-    @argument("--no-widget", action="store_true",
-              help="show the static report, not the inspector widget")
-    @argument("-q", "--quiet", action="store_true",
-              help="show nothing (no report, no progress bar); a trailing ; does the same")
-    @argument("expression", nargs="*", metavar="EXPR",
-              help="computes the loss (a tuple's first element is the loss); with "
-                   "%%%%gradcheck the cell body computes it instead. Options come first; "
-                   "put -- before an EXPR that starts with '-'")
+    @argument(
+        "--no-widget", action="store_true", help="show the static report, not the inspector widget"
+    )
+    @argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="show nothing (no report, no progress bar); a trailing ; does the same",
+    )
+    @argument(
+        "expression",
+        nargs="*",
+        metavar="EXPR",
+        help="computes the loss (a tuple's first element is the loss); with "
+        "%%%%gradcheck the cell body computes it instead. Options come first; "
+        "put -- before an EXPR that starts with '-'",
+    )
     @line_cell_magic
     @mistakes_as_usage_errors
     def gradcheck(self, line: str, cell: str | None = None) -> GradCheckResult:
@@ -382,9 +401,18 @@ class GradCheckMagics(Magics):
         grads = self.gradients(options.grads, names)
         mode = options.mode or ("sample" if options.sample else "full")
         quiet = options.quiet or silenced
-        result = check(loss, params, grads, eps=options.eps, method=options.method, mode=mode,
-                       sample=options.sample, tol=options.tol, seed=options.seed,
-                       progress=False if quiet else None)
+        result = check(
+            loss,
+            params,
+            grads,
+            eps=options.eps,
+            method=options.method,
+            mode=mode,
+            sample=options.sample,
+            tol=options.tol,
+            seed=options.seed,
+            progress=False if quiet else None,
+        )
         self.shell.user_ns[RESULT_VARIABLE] = result
         if options.output:
             self.namespace.store(options.output, result)
@@ -394,13 +422,16 @@ class GradCheckMagics(Magics):
 
     def loss_function(self, expression: str, cell: str | None) -> Callable[[], Any]:
         if cell is not None and expression:
-            raise UsageError("%%gradcheck takes the loss from the cell body: leave EXPR off "
-                             "the %%gradcheck line")
+            raise UsageError(
+                "%%gradcheck takes the loss from the cell body: leave EXPR off the %%gradcheck line"
+            )
         if cell is not None:
             return self.namespace.cell_function(cell, "cell")
         if not expression:
-            raise UsageError("give the expression that computes the loss after the options, "
-                             "e.g. %gradcheck --wrt params --grads grads loss(params)")
+            raise UsageError(
+                "give the expression that computes the loss after the options, "
+                "e.g. %gradcheck --wrt params --grads grads loss(params)"
+            )
         return self.namespace.expression_function(expression, "loss expression")
 
     def parameters(self, names: list[str]) -> Any:
@@ -474,8 +505,7 @@ class LossPlotMagics(Magics):
         if options.output:
             self.namespace.store(options.output, history.stalls)
         if options.log:
-            display(Image(data=figure_to_png(plot_loss(history, log_scale=True))),
-                    history.stalls)
+            display(Image(data=figure_to_png(plot_loss(history, log_scale=True))), history.stalls)
         else:
             display(history)
 

@@ -94,8 +94,9 @@ Tick = Callable[[int], None]
 
 
 @contextlib.contextmanager
-def parallel_runner(executor: Any, n_jobs: int | None, loss: Callable[..., Any], params: Any,
-                    seed: int | None) -> Iterator[ParallelRunner | None]:
+def parallel_runner(
+    executor: Any, n_jobs: int | None, loss: Callable[..., Any], params: Any, seed: int | None
+) -> Iterator[ParallelRunner | None]:
     """The runner that evaluates on ``executor`` (or ``n_jobs`` local processes) during
     the check, closed afterwards; ``None`` when both are ``None`` (a serial check)."""
     if executor is None and n_jobs is None:
@@ -176,11 +177,12 @@ def apply_settings(settings: dict[str, Any]) -> None:
 def unpicklable_message(loss: Callable[..., Any], params: Any, error: Exception) -> str:
     reason = f"{type(error).__name__}: {error}"
     if not picklable(params):
-        return (f"the parameters cannot be pickled to send them to the workers ({reason}); "
-                f"pass arrays or tensors, or check without executor=/n_jobs=")
+        return (
+            f"the parameters cannot be pickled to send them to the workers ({reason}); "
+            f"pass arrays or tensors, or check without executor=/n_jobs="
+        )
     culprits = unpicklable_captures(loss)
-    named = "; ".join(f"it refers to {name}, a {type(value).__name__}"
-                      for name, value in culprits)
+    named = "; ".join(f"it refers to {name}, a {type(value).__name__}" for name, value in culprits)
     return (
         f"the loss cannot be pickled to send it to the workers ({reason})"
         f"{'; ' + named if named else ''}. Define the loss at module level (or in the "
@@ -198,8 +200,7 @@ def picklable(value: Any) -> bool:
     return True
 
 
-def unpicklable_captures(function: Any, prefix: str = "",
-                         depth: int = 3) -> list[tuple[str, Any]]:
+def unpicklable_captures(function: Any, prefix: str = "", depth: int = 3) -> list[tuple[str, Any]]:
     """The objects ``function`` refers to that cannot be pickled, as (name, object) pairs;
     ``helper.log`` names one captured by a function the loss uses."""
     found = []
@@ -260,8 +261,8 @@ def local_pool(n_jobs: int, token: str, data: bytes) -> Connection:
     """``n_jobs`` spawned processes, each given the payload by the pool's initializer."""
     workers = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=process_context(), initializer=install_payload,
-        initargs=(token, data))
+        workers, mp_context=process_context(), initializer=install_payload, initargs=(token, data)
+    )
 
     def close(stop: bool) -> None:
         if stop:
@@ -311,8 +312,9 @@ def dask_connection(client: Any, executor: Any, token: str, data: bytes) -> Conn
     submitter = client.get_executor(pure=False) if executor is client else executor
     scattered = client.scatter(data, broadcast=True, hash=False)
     workers = max(1, sum(client.nthreads().values()))
-    return Connection(submitter, token, data, workers, attached=scattered,
-                      close=lambda stop: scattered.release())
+    return Connection(
+        submitter, token, data, workers, attached=scattered, close=lambda stop: scattered.release()
+    )
 
 
 def worker_count(executor: Any) -> int:
@@ -408,22 +410,28 @@ class ParallelRunner:
     def workers(self) -> int:
         return self.connection.workers
 
-    def prefetch(self, plans: list[TensorPlan], setup: CheckSetup, method: str,
-                 chunk: int) -> None:
+    def prefetch(self, plans: list[TensorPlan], setup: CheckSetup, method: str, chunk: int) -> None:
         """The plans the check will ask for, in order: the first request submits all of
         their chunks, so that no worker waits between tensors."""
         total = sum(plan.indices.size for plan in plans)
-        self.chunk_elements = elements_per_chunk(total, seconds_per_element(setup, method),
-                                                 self.workers, chunk)
+        self.chunk_elements = elements_per_chunk(
+            total, seconds_per_element(setup, method), self.workers, chunk
+        )
         self.expected = list(plans)
 
-    def run_tensor(self, plan: TensorPlan, setup: CheckSetup, method: str, outputs: Outputs,
-                   tick: Tick, chunk: int) -> None:
+    def run_tensor(
+        self,
+        plan: TensorPlan,
+        setup: CheckSetup,
+        method: str,
+        outputs: Outputs,
+        tick: Tick,
+        chunk: int,
+    ) -> None:
         """Append J at the plan's points to ``outputs``, exactly as the serial loop does."""
         try:
             for expected in self.expected:  # here, where Ctrl-C means "interrupted"
-                self.prefetched[id(expected)] = self.submit_plan(expected, setup, method,
-                                                                 chunk)
+                self.prefetched[id(expected)] = self.submit_plan(expected, setup, method, chunk)
             self.expected = []
             jobs = self.prefetched.pop(id(plan), None)
             if jobs is None:  # not submitted up front (refinement, fast mode's checks)
@@ -433,18 +441,34 @@ class ParallelRunner:
             raise
         self.collect(jobs, outputs, tick)
 
-    def submit_plan(self, plan: TensorPlan, setup: CheckSetup, method: str,
-                    chunk: int) -> list[Job]:
+    def submit_plan(
+        self, plan: TensorPlan, setup: CheckSetup, method: str, chunk: int
+    ) -> list[Job]:
         size = self.chunk_elements or elements_per_chunk(
-            plan.indices.size, seconds_per_element(setup, method), self.workers, chunk)
+            plan.indices.size, seconds_per_element(setup, method), self.workers, chunk
+        )
         batched = bool(getattr(setup.params, "can_batch", False))
-        return [self.submit_task(ChunkTask(self.connection.token, plan_slice(plan, start, size),
-                                           method, self.seed, batched, chunk))
-                for start in range(0, plan.indices.size, size)]
+        return [
+            self.submit_task(
+                ChunkTask(
+                    self.connection.token,
+                    plan_slice(plan, start, size),
+                    method,
+                    self.seed,
+                    batched,
+                    chunk,
+                )
+            )
+            for start in range(0, plan.indices.size, size)
+        ]
 
-    def group_losses(self, position: int,
-                     points: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
-                     method: str, setup: CheckSetup) -> Callable[[], Any]:
+    def group_losses(
+        self,
+        position: int,
+        points: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
+        method: str,
+        setup: CheckSetup,
+    ) -> Callable[[], Any]:
         """J at the directional-test points of several groups of one tensor, on the workers.
 
         ``points`` holds (indices, up, down) per group, None for a test not evaluated; J(up)
@@ -453,11 +477,15 @@ class ParallelRunner:
         the error that stopped a worker where it was raised: the serial tests, run again
         with it, then behave exactly as they would have.
         """
-        size = elements_per_chunk(len(points), seconds_per_element(setup, method),
-                                  self.workers, 1)
-        jobs = [self.submit_task(GroupTask(self.connection.token, position,
-                                           points[start:start + size], method, self.seed))
-                for start in range(0, len(points), size)]
+        size = elements_per_chunk(len(points), seconds_per_element(setup, method), self.workers, 1)
+        jobs = [
+            self.submit_task(
+                GroupTask(
+                    self.connection.token, position, points[start : start + size], method, self.seed
+                )
+            )
+            for start in range(0, len(points), size)
+        ]
         values: list = []
         try:
             for job in jobs:
@@ -512,8 +540,7 @@ class ParallelRunner:
 
     def resend(self, job: Job) -> None:
         self.watched.pop(job.future, None)
-        job.future = self.connection.executor.submit(evaluate_chunk, job.task,
-                                                     self.connection.data)
+        job.future = self.connection.executor.submit(evaluate_chunk, job.task, self.connection.data)
         self.watch(job)
 
     def watch(self, job: Job) -> None:
@@ -584,8 +611,9 @@ def seconds_per_element(setup: CheckSetup, method: str) -> float:
     return setup.seconds_per_evaluation * (2 if method == "central" else 1)
 
 
-def elements_per_chunk(total: int, seconds_per_element: float, workers: int,
-                       tick_chunk: int) -> int:
+def elements_per_chunk(
+    total: int, seconds_per_element: float, workers: int, tick_chunk: int
+) -> int:
     """Elements per task: about CHUNKS_PER_WORKER tasks per worker, each lasting from
     MIN_CHUNK_SECONDS to MAX_CHUNK_SECONDS, and a multiple of the progress chunk (so a
     batched adapter is called on the same slices as in the serial check)."""
@@ -597,9 +625,14 @@ def elements_per_chunk(total: int, seconds_per_element: float, workers: int,
 
 def plan_slice(plan: TensorPlan, start: int, size: int) -> TensorPlan:
     part = slice(start, start + size)
-    return dataclasses.replace(plan, indices=plan.indices[part], values=plan.values[part],
-                               plus=plan.plus[part], minus=plan.minus[part],
-                               steps=plan.steps[part])
+    return dataclasses.replace(
+        plan,
+        indices=plan.indices[part],
+        values=plan.values[part],
+        plus=plan.plus[part],
+        minus=plan.minus[part],
+        steps=plan.steps[part],
+    )
 
 
 # -- the workers ----------------------------------------------------------------------------
@@ -620,8 +653,9 @@ def evaluate_chunk(task: ChunkTask | GroupTask, payload: bytes | None) -> ChunkO
     try:
         copy = worker_copy(task.token, payload)
     except Exception as error:
-        return ChunkOutcome(error=UnpicklableLossError(load_message(error)),
-                            remote_traceback=traceback.format_exc())
+        return ChunkOutcome(
+            error=UnpicklableLossError(load_message(error)), remote_traceback=traceback.format_exc()
+        )
     if copy is None:
         return ChunkOutcome(missing=True)
     outputs: Outputs = ([], [])
@@ -650,13 +684,23 @@ class WorkerCopy:
             self.params.bind_loss(self.loss, self.pass_argument)
             self.bound = True
         evaluate = engine.make_evaluator(self.loss, self.params, self.pass_argument, task.seed)
-        setup = engine.CheckSetup(params=self.params, analytic=[], evaluate=evaluate,
-                                  loss_value=float("nan"), unit_roundoff=float("nan"),
-                                  seconds_per_evaluation=0.0, notes=[])
-        evaluator = (engine.complex_evaluator(self.loss, setup, task.seed)
-                     if task.method == "complex" else None)
-        engine.run_tensor(task.plan, setup, task.method, evaluator, outputs, ignore_tick,
-                          task.tick_chunk)
+        setup = engine.CheckSetup(
+            params=self.params,
+            analytic=[],
+            evaluate=evaluate,
+            loss_value=float("nan"),
+            unit_roundoff=float("nan"),
+            seconds_per_evaluation=0.0,
+            notes=[],
+        )
+        evaluator = (
+            engine.complex_evaluator(self.loss, setup, task.seed)
+            if task.method == "complex"
+            else None
+        )
+        engine.run_tensor(
+            task.plan, setup, task.method, evaluator, outputs, ignore_tick, task.tick_chunk
+        )
 
     def run_groups(self, task: GroupTask, out: list) -> None:
         """J with each group at its two points in turn, as fast mode's tests evaluate it;
@@ -666,8 +710,9 @@ class WorkerCopy:
 
         evaluate = make_evaluator(self.loss, self.params, self.pass_argument, task.seed)
         set_group = group_setter(self.params, task.position)
-        sides = [side for side, unused in ((0, "backward"), (1, "forward"))
-                 if task.method != unused]
+        sides = [
+            side for side, unused in ((0, "backward"), (1, "forward")) if task.method != unused
+        ]
         for point in task.points:
             if point is None:
                 continue

@@ -115,8 +115,9 @@ def tile_layout(stack: np.ndarray) -> Layout:
     padded = np.full((rows * columns, height, width), -1, dtype=np.int64)
     padded[:count] = stack
     grid = padded.reshape(rows, columns, height, width).transpose(0, 2, 1, 3)
-    return Layout(grid.reshape(rows * height, columns * width), "tiles", (height, width),
-                  (rows, columns))
+    return Layout(
+        grid.reshape(rows * height, columns * width), "tiles", (height, width), (rows, columns)
+    )
 
 
 def element_values(tensor: TensorCheck, scale: str) -> np.ndarray:
@@ -131,8 +132,9 @@ def element_values(tensor: TensorCheck, scale: str) -> np.ndarray:
     return tensor.full_array(per_element).reshape(-1)
 
 
-def pool_block(shape: tuple[int, int], pixels: tuple[int, int],
-               pool_above: int | None) -> tuple[int, int]:
+def pool_block(
+    shape: tuple[int, int], pixels: tuple[int, int], pool_above: int | None
+) -> tuple[int, int]:
     """Block size (rows, columns) that fits an image of ``shape`` into ``pixels``.
 
     (1, 1) when it fits already and has at most ``pool_above`` cells, or when
@@ -204,8 +206,9 @@ class Panel:
         return self.block != (1, 1)
 
 
-def make_panel(tensor: TensorCheck, scale: str, pool_above: int | None,
-               pixels: tuple[int, int]) -> Panel:
+def make_panel(
+    tensor: TensorCheck, scale: str, pool_above: int | None, pixels: tuple[int, int]
+) -> Panel:
     layout = layout_for(tensor.shape)
     values = np.append(element_values(tensor, scale), np.nan)  # index -1 → NaN padding
     image = values[layout.grid]
@@ -213,13 +216,21 @@ def make_panel(tensor: TensorCheck, scale: str, pool_above: int | None,
     kink_flat = tensor.indices[tensor.kink & tensor.evaluated]
     verdict = tensor.verdict
     worst = worst_cell(tensor, layout, block) if verdict not in ("correct", "ok") else None
-    return Panel(tensor, layout, block_max(image, block, signed=scale == "signed"), block,
-                 cell_centres(layout, kink_flat, block, unique=True), worst, verdict,
-                 tensor.difference)
+    return Panel(
+        tensor,
+        layout,
+        block_max(image, block, signed=scale == "signed"),
+        block,
+        cell_centres(layout, kink_flat, block, unique=True),
+        worst,
+        verdict,
+        tensor.difference,
+    )
 
 
-def cell_centres(layout: Layout, flat: np.ndarray, block: tuple[int, int],
-                 unique: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def cell_centres(
+    layout: Layout, flat: np.ndarray, block: tuple[int, int], unique: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Centres of the (pooled) cells holding elements ``flat``, in unpooled coordinates."""
     rows, columns = cell_positions(layout, flat)
     rows, columns = rows // block[0], columns // block[1]
@@ -228,8 +239,9 @@ def cell_centres(layout: Layout, flat: np.ndarray, block: tuple[int, int],
     return rows * block[0] + (block[0] - 1) / 2, columns * block[1] + (block[1] - 1) / 2
 
 
-def worst_cell(tensor: TensorCheck, layout: Layout,
-               block: tuple[int, int]) -> tuple[float, float] | None:
+def worst_cell(
+    tensor: TensorCheck, layout: Layout, block: tuple[int, int]
+) -> tuple[float, float] | None:
     """The cell of the worst counted element."""
     position = tensor.worst_position
     if position is None:
@@ -259,8 +271,10 @@ def log_colormap(vmin: float, vmax: float) -> LinearSegmentedColormap:
 
 def log_limits(panels: list[Panel]) -> tuple[float, float]:
     """One shared log range: up to relative error 1, down past the smallest error seen."""
-    smallest = min((float(np.nanmin(p.image[p.image > 0]))
-                    for p in panels if (p.image > 0).any()), default=1e-9)
+    smallest = min(
+        (float(np.nanmin(p.image[p.image > 0])) for p in panels if (p.image > 0).any()),
+        default=1e-9,
+    )
     low = 10.0 ** math.floor(math.log10(min(smallest, 1e-9)))
     return max(low, LOG_FLOOR), 1.0
 
@@ -328,12 +342,18 @@ def heatmap(
             add_colorbar(figure, image, grid.panel_colorbar_rect(i), scale, highlight_above)
     if shared is not None:
         add_colorbar(figure, image, grid.shared_colorbar_rect(), scale, highlight_above)
-    figure.suptitle(figure_title(result, scale), fontsize=10, linespacing=1.5,
-                    y=1 - 0.08 / grid.size[1], va="top")
+    figure.suptitle(
+        figure_title(result, scale),
+        fontsize=10,
+        linespacing=1.5,
+        y=1 - 0.08 / grid.size[1],
+        va="top",
+    )
     legend = legend_text(panels)
     if legend:
-        figure.text(0.5, 0.1 / grid.size[1], legend, fontsize=8, color="0.3", ha="center",
-                    va="bottom")
+        figure.text(
+            0.5, 0.1 / grid.size[1], legend, fontsize=8, color="0.3", ha="center", va="bottom"
+        )
     return figure
 
 
@@ -356,21 +376,25 @@ class PanelGrid:
 
     def __init__(self, panels: list[Panel], shared_colorbar: bool) -> None:
         self.columns = min(len(panels), MAX_COLUMNS)
-        rows = [panels[i: i + self.columns] for i in range(0, len(panels), self.columns)]
-        self.heights = [STRIP_HEIGHT if all(map(is_strip, row)) else PANEL_HEIGHT
-                        for row in rows]
+        rows = [panels[i : i + self.columns] for i in range(0, len(panels), self.columns)]
+        self.heights = [STRIP_HEIGHT if all(map(is_strip, row)) else PANEL_HEIGHT for row in rows]
         self.shared = shared_colorbar
         self.cell_width = PANEL_WIDTH + (0 if shared_colorbar else PANEL_COLORBAR)
         content = self.cell_width * self.columns + (SHARED_COLORBAR if shared_colorbar else 0)
         self.offset = max(0.0, (MIN_WIDTH - content) / 2)
         self.size = (content + 2 * self.offset, FIGURE_TOP + sum(self.heights) + FIGURE_BOTTOM)
 
-    def _rect(self, left: float, bottom: float, width: float,
-              height: float) -> tuple[float, float, float, float]:
+    def _rect(
+        self, left: float, bottom: float, width: float, height: float
+    ) -> tuple[float, float, float, float]:
         """Inches (from the bottom left) to figure fractions."""
         figure_width, figure_height = self.size
-        return (left / figure_width, bottom / figure_height, width / figure_width,
-                height / figure_height)
+        return (
+            left / figure_width,
+            bottom / figure_height,
+            width / figure_width,
+            height / figure_height,
+        )
 
     def _axes_inches(self, i: int) -> tuple[float, float, float, float]:
         row, column = divmod(i, self.columns)
@@ -394,14 +418,24 @@ class PanelGrid:
         return self._rect(left, bottom, COLORBAR_WIDTH, top - bottom)
 
 
-def add_colorbar(figure: Figure, image: AxesImage, rect: tuple[float, float, float, float],
-                 scale: str, highlight_above: float | None) -> None:
+def add_colorbar(
+    figure: Figure,
+    image: AxesImage,
+    rect: tuple[float, float, float, float],
+    scale: str,
+    highlight_above: float | None,
+) -> None:
     cax = figure.add_axes(rect, label=COLORBAR_LABEL)
     finish_colorbar(figure.colorbar(image, cax=cax), scale, highlight_above)
 
 
-def draw_panel(ax: Axes, panel: Panel, norm: Normalize, colormap: LinearSegmentedColormap,
-               highlight_above: float | None) -> AxesImage:
+def draw_panel(
+    ax: Axes,
+    panel: Panel,
+    norm: Normalize,
+    colormap: LinearSegmentedColormap,
+    highlight_above: float | None,
+) -> AxesImage:
     """The cells, the blank (hatched) background, kinks, the worst element and the labels."""
     colormap = colormap.with_extremes(bad=(0, 0, 0, 0))
     values = np.ma.masked_invalid(panel.image)
@@ -410,8 +444,14 @@ def draw_panel(ax: Axes, panel: Panel, norm: Normalize, colormap: LinearSegmente
     ax.set_facecolor("white")
     ax.patch.set_hatch("////")
     ax.patch.set_edgecolor("0.85")
-    image = ax.imshow(values, cmap=colormap, norm=norm, extent=panel.extent,
-                      interpolation="nearest", aspect="auto")
+    image = ax.imshow(
+        values,
+        cmap=colormap,
+        norm=norm,
+        extent=panel.extent,
+        interpolation="nearest",
+        aspect="auto",
+    )
     if highlight_above is not None:
         fade_below(ax, panel, highlight_above)
     draw_tile_edges(ax, panel)
@@ -446,21 +486,42 @@ def draw_tile_edges(ax: Axes, panel: Panel) -> None:
 def mark_kinks_and_worst(ax: Axes, panel: Panel) -> None:
     kink_rows, kink_columns = panel.kinks
     if kink_rows.size:
-        ax.plot(kink_columns, kink_rows, linestyle="none", marker="x", markersize=5,
-                markeredgewidth=1.3, color="#1f3a93", label="kink",
-                path_effects=[patheffects.withStroke(linewidth=3, foreground="white")])
+        ax.plot(
+            kink_columns,
+            kink_rows,
+            linestyle="none",
+            marker="x",
+            markersize=5,
+            markeredgewidth=1.3,
+            color="#1f3a93",
+            label="kink",
+            path_effects=[patheffects.withStroke(linewidth=3, foreground="white")],
+        )
     if panel.worst is not None:
-        ax.plot(panel.worst[1], panel.worst[0], linestyle="none", marker="s", markersize=11,
-                markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.5,
-                label="worst")
+        ax.plot(
+            panel.worst[1],
+            panel.worst[0],
+            linestyle="none",
+            marker="s",
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            markeredgewidth=1.5,
+            label="worst",
+        )
 
 
 def label_axes(ax: Axes, panel: Panel) -> None:
     tensor, layout = panel.tensor, panel.layout
     shape = "×".join(map(str, tensor.shape)) or "scalar"
     ax.set_title(f"{tensor.name}  ({shape})", loc="left", fontsize=9)
-    ax.set_title(panel.verdict, loc="right", fontsize=9, fontweight="bold",
-                 color=VERDICT_COLOURS[panel.verdict])
+    ax.set_title(
+        panel.verdict,
+        loc="right",
+        fontsize=9,
+        fontweight="bold",
+        color=VERDICT_COLOURS[panel.verdict],
+    )
     ax.tick_params(labelsize=7)
     rows, columns = layout.grid.shape
     if layout.kind == "strip":
@@ -481,8 +542,10 @@ def label_axes(ax: Axes, panel: Panel) -> None:
 
 def detail_line(panel: Panel) -> str:
     tensor = panel.tensor
-    parts = [f"rel. diff {panel.difference:.1e}",
-             f"{int(tensor.evaluated.sum()):,}/{tensor.size:,} checked"]
+    parts = [
+        f"rel. diff {panel.difference:.1e}",
+        f"{int(tensor.evaluated.sum()):,}/{tensor.size:,} checked",
+    ]
     line = " · ".join(parts)
     if panel.pooled:
         line += f"\nmax-pooled {panel.block[0]}×{panel.block[1]} (each cell: its block's worst)"
@@ -509,10 +572,16 @@ def label_tiles(ax: Axes, panel: Panel) -> None:
     if count <= MAX_TILE_LABELS:
         for k in range(count):
             r, c = divmod(k, columns)
-            ax.text(c * width - 0.4, r * height - 0.4, str(k), fontsize=6, va="top",
-                    ha="left", color="0.1",
-                    bbox=dict(boxstyle="square,pad=0.1", facecolor="white", alpha=0.7,
-                              linewidth=0))
+            ax.text(
+                c * width - 0.4,
+                r * height - 0.4,
+                str(k),
+                fontsize=6,
+                va="top",
+                ha="left",
+                color="0.1",
+                bbox=dict(boxstyle="square,pad=0.1", facecolor="white", alpha=0.7, linewidth=0),
+            )
     leading = "×".join(map(str, panel.tensor.shape[:-2]))
     ax.set_xlabel(f"{leading} tiles of {height}×{width}, row-major", fontsize=8)
 
@@ -529,8 +598,11 @@ def thinned(count: int, most: int = 8) -> list[int]:
 def finish_colorbar(colorbar: Colorbar, scale: str, highlight_above: float | None) -> None:
     colorbar.ax.set_label(COLORBAR_LABEL)
     colorbar.ax.tick_params(labelsize=7)
-    labels = {"log": "relative error", "abs": "|analytic − numeric|",
-              "signed": "analytic − numeric"}
+    labels = {
+        "log": "relative error",
+        "abs": "|analytic − numeric|",
+        "signed": "analytic − numeric",
+    }
     colorbar.set_label(labels[scale], fontsize=8)
     if scale == "log":
         figure = colorbar.ax.figure
@@ -556,18 +628,29 @@ def mark_thresholds(colorbar: Colorbar, height: float) -> None:
     for (verdict, *_), start, stop in zip(BAND_COLOURS, edges[:-1], edges[1:]):
         start, stop = max(start, low), min(stop, high)
         if start >= stop or height * math.log10(stop / start) / decades < BAND_LETTER * len(
-                verdict):
+            verdict
+        ):
             continue
         middle = math.sqrt(start * stop)
-        colorbar.ax.text(-0.35, middle, verdict, rotation=90, va="center", ha="right",
-                         fontsize=7, color=VERDICT_COLOURS[verdict],
-                         transform=colorbar.ax.get_yaxis_transform())
+        colorbar.ax.text(
+            -0.35,
+            middle,
+            verdict,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=7,
+            color=VERDICT_COLOURS[verdict],
+            transform=colorbar.ax.get_yaxis_transform(),
+        )
 
 
 def figure_title(result: GradCheckResult, scale: str) -> str:
-    quantity = {"log": "relative error |n − a| / (|n| + |a|)",
-                "abs": "absolute error |a − n|",
-                "signed": "signed error a − n"}
+    quantity = {
+        "log": "relative error |n − a| / (|n| + |a|)",
+        "abs": "absolute error |a − n|",
+        "signed": "signed error a − n",
+    }
     return f"Gradient check: {result.verdict}\n{quantity[scale]} per element"
 
 

@@ -61,26 +61,43 @@ class Inspector(widgets.VBox):
         self.figure: Any = None
         self.relabelling = False
         self.worst_elements = pd.DataFrame()
-        self.selector = widgets.Select(rows=min(len(result.names), 8),
-                                       layout=widgets.Layout(width="20em"))
-        self.scale = widgets.ToggleButtons(options=SCALES, value="log",
-                                           style={"button_width": "7.5em"})
+        self.selector = widgets.Select(
+            rows=min(len(result.names), 8), layout=widgets.Layout(width="20em")
+        )
+        self.scale = widgets.ToggleButtons(
+            options=SCALES, value="log", style={"button_width": "7.5em"}
+        )
         self.threshold = widgets.FloatLogSlider(
-            value=result.tol, base=10, min=-16, max=2, step=0.5, readout_format=".0e",
-            continuous_update=False, style={"description_width": "initial"},
+            value=result.tol,
+            base=10,
+            min=-16,
+            max=2,
+            step=0.5,
+            readout_format=".0e",
+            continuous_update=False,
+            style={"description_width": "initial"},
         )
         self.heatmap = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.table = widgets.HTML()
         self.diagnosis = widgets.HTML()
         compact = {"description_width": "initial"}
-        self.step = widgets.Dropdown(options=step_options(result.eps), value=result.eps,
-                                     description="ε", style=compact,
-                                     layout=widgets.Layout(width="8em"))
-        self.method = widgets.Dropdown(options=METHODS, value=result.method,
-                                       description="method", style=compact,
-                                       layout=widgets.Layout(width="13em"))
-        self.recheck_button = widgets.Button(icon="refresh", disabled=not result.rerun,
-                                             layout=widgets.Layout(width="auto"))
+        self.step = widgets.Dropdown(
+            options=step_options(result.eps),
+            value=result.eps,
+            description="ε",
+            style=compact,
+            layout=widgets.Layout(width="8em"),
+        )
+        self.method = widgets.Dropdown(
+            options=METHODS,
+            value=result.method,
+            description="method",
+            style=compact,
+            layout=widgets.Layout(width="13em"),
+        )
+        self.recheck_button = widgets.Button(
+            icon="refresh", disabled=not result.rerun, layout=widgets.Layout(width="auto")
+        )
         self.status = widgets.HTML()
         self.output = widgets.Output()
         self.children = self.arrange()
@@ -93,11 +110,18 @@ class Inspector(widgets.VBox):
 
     def arrange(self) -> list[widgets.Widget]:
         header = widgets.HTML(header_html(self.result))
-        left = widgets.VBox([widgets.HTML("<b>Tensors</b> (worst first)"), self.selector,
-                             widgets.HTML("<b>Re-check the selected tensor</b>"),
-                             widgets.HBox([self.step, self.method]), self.recheck_button,
-                             self.status, self.output],
-                            layout=widgets.Layout(width="24em"))
+        left = widgets.VBox(
+            [
+                widgets.HTML("<b>Tensors</b> (worst first)"),
+                self.selector,
+                widgets.HTML("<b>Re-check the selected tensor</b>"),
+                widgets.HBox([self.step, self.method]),
+                self.recheck_button,
+                self.status,
+                self.output,
+            ],
+            layout=widgets.Layout(width="24em"),
+        )
         right = widgets.VBox([widgets.HBox([self.scale, self.threshold]), self.heatmap])
         lower = widgets.HBox([self.table, self.diagnosis])
         self.diagnosis.layout = widgets.Layout(margin="0 0 0 2em", max_width="40em")
@@ -125,19 +149,22 @@ class Inspector(widgets.VBox):
         """Redraw every view of the selected tensor."""
         self.recheck_button.description = f"Re-check {self.name}"
         self.threshold.description = THRESHOLD_LABELS[self.error_column]
-        self.diagnosis.value = diagnosis_html(self.latest[self.name], self.name,
-                                              self.latest[self.name] is not self.result)
+        self.diagnosis.value = diagnosis_html(
+            self.latest[self.name], self.name, self.latest[self.name] is not self.result
+        )
         self.show_highlights()
 
     def show_highlights(self, _change: Any = None) -> None:
         """Redraw the heatmap and the worst-elements table for the current threshold."""
         result, threshold = self.latest[self.name], self.threshold.value
-        self.figure = result.heatmap(self.name, self.scale.value, highlight_above=threshold,
-                                     dpi=HEATMAP_DPI)
+        self.figure = result.heatmap(
+            self.name, self.scale.value, highlight_above=threshold, dpi=HEATMAP_DPI
+        )
         self.heatmap.value = figure_png(self.figure)
         self.worst_elements = result.elements(self.name, sort_by=self.error_column)
-        self.table.value = worst_table_html(self.worst_elements, self.error_column, threshold,
-                                            self.tensor.name)
+        self.table.value = worst_table_html(
+            self.worst_elements, self.error_column, threshold, self.tensor.name
+        )
 
     def refresh_selector(self, name: str) -> None:
         """Tensor labels with their newest verdicts, worst first; ``name`` stays selected."""
@@ -202,8 +229,9 @@ def recheck_tensor(result: GradCheckResult, name: str, **changes: Any) -> GradCh
     return result.recheck(loss=loss, params=params, grads=grads, **changes)
 
 
-def parameter_subset(loss: Callable[..., Any], params: Any, names: list[str],
-                     name: str) -> tuple[Callable[..., Any], dict[str, Any]] | None:
+def parameter_subset(
+    loss: Callable[..., Any], params: Any, names: list[str], name: str
+) -> tuple[Callable[..., Any], dict[str, Any]] | None:
     """``(loss, {name: array})``: the loss still receives the whole structure."""
     if isinstance(params, Mapping):
         slot: Any = next(key for key in params if str(key) == name)
@@ -240,8 +268,10 @@ def with_item(params: Any, slot: Any, value: Any) -> Any:
 def severity(tensor: TensorCheck) -> tuple[int, float]:
     """Sort key: worst verdict first, then largest difference."""
     difference = tensor.difference
-    return (-VERDICT_ORDER.index(tensor.verdict), -difference if difference == difference
-            else np.inf)
+    return (
+        -VERDICT_ORDER.index(tensor.verdict),
+        -difference if difference == difference else np.inf,
+    )
 
 
 def worst_name(result: GradCheckResult) -> str:
@@ -271,8 +301,10 @@ def step_options(eps: float | str) -> list[tuple[str, Any]]:
 
 def verdict_badge(verdict: str) -> str:
     colour = VERDICT_COLOURS.get(verdict, "#6e7781")
-    return (f'<span style="background:{colour}; color:white; border-radius:3px; '
-            f'padding:0 6px; font-weight:600">{BADGES[verdict]} {verdict}</span>')
+    return (
+        f'<span style="background:{colour}; color:white; border-radius:3px; '
+        f'padding:0 6px; font-weight:600">{BADGES[verdict]} {verdict}</span>'
+    )
 
 
 def header_html(result: GradCheckResult) -> str:
@@ -280,12 +312,13 @@ def header_html(result: GradCheckResult) -> str:
     return f"<div>{verdict_badge(result.verdict)} {'<br>'.join(lines)}</div>"
 
 
-def worst_table_html(elements: pd.DataFrame, column: str, threshold: float,
-                     name: str) -> str:
+def worst_table_html(elements: pd.DataFrame, column: str, threshold: float, name: str) -> str:
     """The worst elements (by ``column``), rows above ``threshold`` highlighted."""
     above = int((elements[column] > threshold).sum())
-    caption = (f"<b>Worst elements of {html.escape(name)}</b> — {above} of {len(elements)} "
-               f"checked above {threshold:.0e} ({column.replace('_', ' ')})")
+    caption = (
+        f"<b>Worst elements of {html.escape(name)}</b> — {above} of {len(elements)} "
+        f"checked above {threshold:.0e} ({column.replace('_', ' ')})"
+    )
     if elements.empty:
         return caption
     shown = elements.head(WORST_ROWS).copy()
@@ -295,12 +328,17 @@ def worst_table_html(elements: pd.DataFrame, column: str, threshold: float,
     styler = shown.style.hide(axis="index").format(
         {c: "{:.3e}" for c in ("analytic", "numeric", "abs_error", "rel_error")}
     )
-    styler = styler.apply(lambda row: [HIGHLIGHT if row[column] > threshold else ""]
-                          * len(row), axis=1)
-    styler = styler.set_table_styles([{
-        "selector": "td, th",
-        "props": "padding: 1px 8px; font-size: 12px; white-space: nowrap;",
-    }])
+    styler = styler.apply(
+        lambda row: [HIGHLIGHT if row[column] > threshold else ""] * len(row), axis=1
+    )
+    styler = styler.set_table_styles(
+        [
+            {
+                "selector": "td, th",
+                "props": "padding: 1px 8px; font-size: 12px; white-space: nowrap;",
+            }
+        ]
+    )
     return f"<div>{caption}{styler.to_html()}</div>"
 
 
@@ -332,18 +370,23 @@ def worst_element_lines(tensor: TensorCheck) -> list[str]:
     if position is None:
         return ["no element evaluated"]
     analytic, numeric = tensor.analytic[position], tensor.numeric[position]
-    line = (f"worst element {html.escape(tensor.label(tensor.indices[position]))}: analytic "
-            f"{analytic:.6g}, numeric {numeric:.6g} (|a − n| = {abs(analytic - numeric):.2e})")
+    line = (
+        f"worst element {html.escape(tensor.label(tensor.indices[position]))}: analytic "
+        f"{analytic:.6g}, numeric {numeric:.6g} (|a − n| = {abs(analytic - numeric):.2e})"
+    )
     if numeric != 0 and analytic != 0:
         line += f"; analytic ÷ numeric = {analytic / numeric:.4g}"
     return [line]
 
 
-def recheck_html(name: str, result: GradCheckResult, before: TensorCheck,
-                 after: TensorCheck) -> str:
-    return (f"re-checked {html.escape(name)} ({result.method}, ε={format_step(result.eps)}):"
-            f"<br>{before.difference:.2e} {before.verdict} → {after.difference:.2e} "
-            f"{verdict_badge(after.verdict)}")
+def recheck_html(
+    name: str, result: GradCheckResult, before: TensorCheck, after: TensorCheck
+) -> str:
+    return (
+        f"re-checked {html.escape(name)} ({result.method}, ε={format_step(result.eps)}):"
+        f"<br>{before.difference:.2e} {before.verdict} → {after.difference:.2e} "
+        f"{verdict_badge(after.verdict)}"
+    )
 
 
 def error_html(error: BaseException) -> str:

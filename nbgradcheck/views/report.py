@@ -64,9 +64,15 @@ VERDICT_COLOURS = {
     "empty": "#6e7781",
 }
 # Per-element JSON keys and the TensorCheck arrays they hold.
-ELEMENT_FIELDS = {"value": "values", "analytic": "analytic", "numeric": "numeric",
-                  "step": "step", "loss_plus": "loss_plus", "loss_minus": "loss_minus",
-                  "noise": "noise"}
+ELEMENT_FIELDS = {
+    "value": "values",
+    "analytic": "analytic",
+    "numeric": "numeric",
+    "step": "step",
+    "loss_plus": "loss_plus",
+    "loss_minus": "loss_minus",
+    "noise": "noise",
+}
 SCIENTIFIC_COLUMNS = {"difference": "{:.2e}", "max_abs_error": "{:.2e}", "floor": "{:.1e}"}
 HTML_MAX_ROWS = 25  # tensors listed in the notebook display (failing ones always)
 HTML_MAX_PANELS = 4  # failing tensors drawn in the notebook display's heatmap
@@ -96,12 +102,17 @@ class ResultViews:
         styles = [{"selector": "td, th", "props": "padding: 2px 8px; font-size: 12px;"}]
         if "diagnosis" in table.columns:
             column = table.columns.get_loc("diagnosis")
-            styles.append({"selector": f"td.col{column}",
-                           "props": "text-align: left; white-space: normal; max-width: 36em;"})
+            styles.append(
+                {
+                    "selector": f"td.col{column}",
+                    "props": "text-align: left; white-space: normal; max-width: 36em;",
+                }
+            )
         return styler.set_table_styles(styles, overwrite=False)
 
-    def worst(self: GradCheckResult, k: int = 10, by: str = "abs_error",
-              include_kinks: bool = False) -> pd.DataFrame:
+    def worst(
+        self: GradCheckResult, k: int = 10, by: str = "abs_error", include_kinks: bool = False
+    ) -> pd.DataFrame:
         """The ``k`` elements with the largest error across all tensors, worst first.
 
         ``by`` is 'abs_error' or 'rel_error'. Kink crossings are left out unless
@@ -160,8 +171,13 @@ class ResultViews:
         }
         return json_safe(summary)
 
-    def to_json(self: GradCheckResult, path: str | Path | None = None, *,
-                elements: bool = True, indent: int | None = None) -> str:
+    def to_json(
+        self: GradCheckResult,
+        path: str | Path | None = None,
+        *,
+        elements: bool = True,
+        indent: int | None = None,
+    ) -> str:
         """``to_dict()`` as strict JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(elements=elements), indent=indent, allow_nan=False)
         if path is not None:
@@ -181,9 +197,14 @@ class ResultViews:
         validate_schema(data)
         return GradCheckResult(
             [tensor_from_dict(t, data["tol"]) for t in data["tensors"]],
-            data["method"], data["eps"], data["mode"], float(data["tol"]),
-            int(data["n_evaluations"]), as_float(data["loss_value"]),
-            complete=bool(data["complete"]), notes=list(data["notes"]),
+            data["method"],
+            data["eps"],
+            data["mode"],
+            float(data["tol"]),
+            int(data["n_evaluations"]),
+            as_float(data["loss_value"]),
+            complete=bool(data["complete"]),
+            notes=list(data["notes"]),
             duration_s=as_float(data["duration_s"]),
         )
 
@@ -192,16 +213,20 @@ class ResultViews:
         """Rebuild a result from ``to_json()`` text."""
         return cls.from_dict(json.loads(text))
 
-    def to_html(self: GradCheckResult, path: str | Path | None = None, *,
-                heatmap: bool = True) -> str:
+    def to_html(
+        self: GradCheckResult, path: str | Path | None = None, *, heatmap: bool = True
+    ) -> str:
         """The notebook display as an HTML fragment: summary, table, worst elements,
         notes and (when tensors fail) their heatmap as an embedded PNG.
 
         With ``path``, a complete HTML page is also written there.
         """
         table = self.styled_table(max_rows=HTML_MAX_ROWS)
-        parts = [summary_html(self), table.to_html(),
-                 hidden_rows_html(len(self.tensors) - len(table.data))]
+        parts = [
+            summary_html(self),
+            table.to_html(),
+            hidden_rows_html(len(self.tensors) - len(table.data)),
+        ]
         if self.failing:
             parts.append(worst_html(self.worst(HTML_WORST)))
         parts.append(notes_html(self.notes))
@@ -210,14 +235,19 @@ class ResultViews:
         fragment = "\n".join(p for p in parts if p)
         fragment = f'<div class="nbgradcheck-result">\n{fragment}\n</div>'
         if path is not None:
-            page = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-                    f"<title>nbgradcheck: {self.verdict}</title></head>"
-                    f"<body>\n{fragment}\n</body></html>\n")
+            page = (
+                '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+                f"<title>nbgradcheck: {self.verdict}</title></head>"
+                f"<body>\n{fragment}\n</body></html>\n"
+            )
             Path(path).write_text(page, encoding="utf-8")
         return fragment
 
-    def _repr_mimebundle_(self: GradCheckResult, include: Iterable[str] | None = None,
-                          exclude: Iterable[str] | None = None) -> dict[str, str]:
+    def _repr_mimebundle_(
+        self: GradCheckResult,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+    ) -> dict[str, str]:
         """text/plain (the repr) and text/html (:meth:`to_html`) for Jupyter."""
         wanted = {"text/plain", "text/html"}
         if include is not None:
@@ -232,9 +262,13 @@ class ResultViews:
         return bundle
 
     # -- figures --------------------------------------------------------------------------
-    def heatmap(self: GradCheckResult, name: str | list[str] | None = None,
-                scale: str = "log", **options: Any) -> Figure:
-        """Per-element discrepancy, one panel per tensor; see :func:`nbgradcheck.views.figures.heatmap`.
+    def heatmap(
+        self: GradCheckResult,
+        name: str | list[str] | None = None,
+        scale: str = "log",
+        **options: Any,
+    ) -> Figure:
+        """Per-element discrepancy, one panel per tensor (see ``views.figures.heatmap``).
 
         ``scale``: 'log' (relative error, verdict thresholds on the colour bar), 'abs' or
         'signed'; ``options``: ``highlight_above``, ``pool_above``, ``dpi``.
@@ -243,8 +277,12 @@ class ResultViews:
 
         return heatmap(self, name, scale, **options)
 
-    def sweep_eps(self: GradCheckResult, eps: Iterable[float] | None = None,
-                  methods: Iterable[str] = ("central", "forward"), **changes: Any) -> EpsSweep:
+    def sweep_eps(
+        self: GradCheckResult,
+        eps: Iterable[float] | None = None,
+        methods: Iterable[str] = ("central", "forward"),
+        **changes: Any,
+    ) -> EpsSweep:
         """The error against the step ε for this check's loss, parameters and gradients.
 
         Uses the check's own mode, sample and seed unless ``changes`` overrides them;
@@ -257,11 +295,16 @@ class ResultViews:
                 "this result holds no loss to re-run (loaded from JSON?): call "
                 "nbgradcheck.sweep_eps(loss, params, grads) instead"
             )
-        options = {key: self.rerun[key] for key in ("mode", "sample", "seed")
-                   if key in self.rerun}
+        options = {key: self.rerun[key] for key in ("mode", "sample", "seed") if key in self.rerun}
         options.update(changes)
-        return sweep_eps(self.rerun["loss"], self.rerun["params"], self.rerun["grads"],
-                         eps=DEFAULT_EPS if eps is None else eps, methods=methods, **options)
+        return sweep_eps(
+            self.rerun["loss"],
+            self.rerun["params"],
+            self.rerun["grads"],
+            eps=DEFAULT_EPS if eps is None else eps,
+            methods=methods,
+            **options,
+        )
 
 
 # -- table helpers ---------------------------------------------------------------------------
@@ -308,15 +351,17 @@ def worst_of_tensor(tensor: TensorCheck, k: int, by: str, include_kinks: bool) -
     errors = np.where(usable, getattr(tensor, by), -np.inf)
     count = min(k, int(usable.sum()))
     chosen = np.argpartition(-errors, count - 1)[:count] if count else np.empty(0, int)
-    return pd.DataFrame({
-        "parameter": [tensor.name] * count,
-        "index": [tensor.multi_index(i) for i in tensor.indices[chosen]],
-        "analytic": tensor.analytic[chosen],
-        "numeric": tensor.numeric[chosen],
-        "abs_error": tensor.abs_error[chosen],
-        "rel_error": tensor.rel_error[chosen],
-        "kink": tensor.kink[chosen],
-    })
+    return pd.DataFrame(
+        {
+            "parameter": [tensor.name] * count,
+            "index": [tensor.multi_index(i) for i in tensor.indices[chosen]],
+            "analytic": tensor.analytic[chosen],
+            "numeric": tensor.numeric[chosen],
+            "abs_error": tensor.abs_error[chosen],
+            "rel_error": tensor.rel_error[chosen],
+            "kink": tensor.kink[chosen],
+        }
+    )
 
 
 def tensor_elements(tensor: TensorCheck) -> pd.DataFrame:
@@ -325,33 +370,40 @@ def tensor_elements(tensor: TensorCheck) -> pd.DataFrame:
     mask = tensor.evaluated
     flat = tensor.indices[mask]
     index = list(zip(*(axis.tolist() for axis in np.unravel_index(flat, tensor.shape))))
-    return pd.DataFrame({
-        "parameter": [tensor.name] * int(mask.sum()),
-        "index": index if tensor.shape else [()] * flat.size,
-        "flat_index": flat,
-        "value": tensor.values[mask],
-        "analytic": tensor.analytic[mask],
-        "numeric": tensor.numeric[mask],
-        "abs_error": tensor.abs_error[mask],
-        "rel_error": tensor.rel_error[mask],
-        "step": tensor.step[mask],
-        "noise": tensor.noise[mask],
-        "kink": tensor.kink[mask],
-    })
+    return pd.DataFrame(
+        {
+            "parameter": [tensor.name] * int(mask.sum()),
+            "index": index if tensor.shape else [()] * flat.size,
+            "flat_index": flat,
+            "value": tensor.values[mask],
+            "analytic": tensor.analytic[mask],
+            "numeric": tensor.numeric[mask],
+            "abs_error": tensor.abs_error[mask],
+            "rel_error": tensor.rel_error[mask],
+            "step": tensor.step[mask],
+            "noise": tensor.noise[mask],
+            "kink": tensor.kink[mask],
+        }
+    )
 
 
 # -- JSON ------------------------------------------------------------------------------------
 
 
 def tensor_dict(tensor: TensorCheck, elements: bool) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": tensor.name, "dtype": str(np.dtype(tensor.dtype)),
-                             "passed": tensor.passed, "tol": tensor.tol}
+    entry: dict[str, Any] = {
+        "name": tensor.name,
+        "dtype": str(np.dtype(tensor.dtype)),
+        "passed": tensor.passed,
+        "tol": tensor.tol,
+    }
     entry.update(tensor.summary_row())
     if elements:
-        entry["elements"] = {"flat_index": tensor.indices,
-                             **{key: getattr(tensor, attribute)
-                                for key, attribute in ELEMENT_FIELDS.items()},
-                             "kink": tensor.kink}
+        entry["elements"] = {
+            "flat_index": tensor.indices,
+            **{key: getattr(tensor, attribute) for key, attribute in ELEMENT_FIELDS.items()},
+            "kink": tensor.kink,
+        }
     return entry
 
 
@@ -405,9 +457,14 @@ def tensor_from_dict(entry: dict[str, Any], tol: float) -> TensorCheck:
     indices = np.asarray(elements["flat_index"], dtype=np.int64)
     arrays = {attribute: float_array(elements[key]) for key, attribute in ELEMENT_FIELDS.items()}
     tensor = TensorCheck(
-        name=entry["name"], shape=shape, dtype=np.dtype(entry["dtype"]), indices=indices,
-        kink=np.asarray(elements["kink"], dtype=bool), analytic_full=np.empty(0),
-        tol=float(entry.get("tol", tol)), **arrays,
+        name=entry["name"],
+        shape=shape,
+        dtype=np.dtype(entry["dtype"]),
+        indices=indices,
+        kink=np.asarray(elements["kink"], dtype=bool),
+        analytic_full=np.empty(0),
+        tol=float(entry.get("tol", tol)),
+        **arrays,
     )
     tensor.analytic_full = tensor.full_array(tensor.analytic)
     return tensor
@@ -418,35 +475,51 @@ def tensor_from_dict(entry: dict[str, Any], tol: float) -> TensorCheck:
 
 def summary_html(result: GradCheckResult) -> str:
     colour = VERDICT_COLOURS.get(result.verdict, VERDICT_COLOURS["empty"])
-    badge = (f'<span style="background:{colour};color:white;padding:1px 7px;'
-             f'border-radius:3px;font-weight:600">{html.escape(result.verdict.upper())}</span>')
+    badge = (
+        f'<span style="background:{colour};color:white;padding:1px 7px;'
+        f'border-radius:3px;font-weight:600">{html.escape(result.verdict.upper())}</span>'
+    )
     first, *rest = result.summary().splitlines()
     lines = [f'<div style="margin:4px 0">{badge} {html.escape(first)}</div>']
-    lines += [f'<div style="margin:2px 0;color:{colour}">{html.escape(line)}</div>'
-              for line in rest]
+    lines += [
+        f'<div style="margin:2px 0;color:{colour}">{html.escape(line)}</div>' for line in rest
+    ]
     return "\n".join(lines)
 
 
 def hidden_rows_html(hidden: int) -> str:
     if hidden <= 0:
         return ""
-    return (f'<div style="font-size:11px;color:#6e7781">… {hidden} more passing tensors '
-            f"not shown; <code>result.table</code> lists all</div>")
+    return (
+        f'<div style="font-size:11px;color:#6e7781">… {hidden} more passing tensors '
+        f"not shown; <code>result.table</code> lists all</div>"
+    )
 
 
 def worst_html(worst: pd.DataFrame) -> str:
     if worst.empty:
         return ""
-    styler = worst.style.format(
-        {"index": lambda index: "[" + ", ".join(map(str, index)) + "]",
-         "analytic": "{:.4e}", "numeric": "{:.4e}", "abs_error": "{:.2e}",
-         "rel_error": "{:.2e}"}, escape="html",
-    ).hide(axis="index").hide(["kink"], axis="columns")
+    styler = (
+        worst.style.format(
+            {
+                "index": lambda index: "[" + ", ".join(map(str, index)) + "]",
+                "analytic": "{:.4e}",
+                "numeric": "{:.4e}",
+                "abs_error": "{:.2e}",
+                "rel_error": "{:.2e}",
+            },
+            escape="html",
+        )
+        .hide(axis="index")
+        .hide(["kink"], axis="columns")
+    )
     styler = styler.set_table_styles(
         [{"selector": "td, th", "props": "padding: 1px 8px; font-size: 12px;"}]
     )
-    return ('<details open><summary style="cursor:pointer">worst elements</summary>'
-            f"{styler.to_html()}</details>")
+    return (
+        '<details open><summary style="cursor:pointer">worst elements</summary>'
+        f"{styler.to_html()}</details>"
+    )
 
 
 def notes_html(notes: list[str]) -> str:
