@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first use)
 _LAZY = {
-    "check": "nbgradcheck.core.engine",
+    "check": "nbgradcheck.api.check",
     "GradCheckResult": "nbgradcheck.core.result",
     "relative_difference": "nbgradcheck.core.result",
     "EpsSweep": "nbgradcheck.api.sweep",
@@ -68,8 +68,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from nbgradcheck.api.check import check
     from nbgradcheck.api.sweep import EpsSweep, sweep_eps
-    from nbgradcheck.core.engine import check
     from nbgradcheck.core.result import GradCheckResult, relative_difference
     from nbgradcheck.training.history import LossHistory
     from nbgradcheck.training.integrations import (

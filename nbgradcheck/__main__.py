@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nbgradcheck.core.engine import check
+from nbgradcheck.api.check import check
 from nbgradcheck.demo import BUGS, course_network
 
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from nbgradcheck.core.engine import METHODS, check
+from nbgradcheck.api.check import check
+from nbgradcheck.core.engine import METHODS
 from nbgradcheck.errors import GradCheckError
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +25,9 @@ from typing import Any
 import numpy as np
 
 from nbgradcheck.adapters.numpy import ParameterSet, element_setter, format_index
-from nbgradcheck.adapters.registry import parameter_set
 from nbgradcheck.core.progress import Progress, chunk_size, should_show
 from nbgradcheck.core.result import GradCheckResult, TensorCheck
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
-from nbgradcheck.parallel.executor import parallel_runner
 
 METHODS = ("central", "forward", "backward", "complex")
 MODES = ("full", "sample", "fast", "auto")
@@ -68,121 +65,6 @@ class CheckSetup:
     seconds_per_evaluation: float
     notes: list[str]
     runner: Any = None  # evaluates on workers with executor=/n_jobs= (parallel.py)
-
-
-def check(
-    loss: Callable[..., Any],
-    params: Any,
-    grads: Any = None,
-    *,
-    eps: float | str | None = None,
-    method: str = "central",
-    mode: str = "auto",
-    sample: int | None = None,
-    tol: float = 1e-5,
-    seed: int | None = None,
-    progress: bool | None = None,
-    executor: Any = None,
-    n_jobs: int | None = None,
-) -> GradCheckResult:
-    """Compare the analytic gradient ``grads`` of ``loss`` with finite differences.
-
-    Args:
-        loss: returns the scalar loss J; called as ``loss(params)`` if it takes an
-            argument, else ``loss()``. A tuple's first element is taken as J.
-        params: dict of name → float ndarray, list/tuple of arrays, or one array.
-            Perturbed in place and restored exactly.
-        grads: the analytic gradient in the same structure (dict keys ``W1`` or
-            ``dW1``; extra keys such as ``dZ1`` are ignored), or a callable returning
-            it, evaluated once at the unperturbed parameters. Leave it out for PyTorch
-            and JAX parameters: autograd / ``jax.grad`` of the loss gives it.
-        eps: step size; ``"auto"`` scales it to each element's magnitude and the
-            dtype. Default: 1e-6 for float64, ``"auto"`` for lower precision, 1e-20
-            for ``method="complex"``.
-        method: ``"central"``, ``"forward"``, ``"backward"`` or ``"complex"``.
-        mode: ``"full"`` checks every element; ``"sample"`` checks ``sample``
-            elements (default 10) of every tensor, spread over the tensor;
-            ``"fast"`` tests each tensor along random-sign directions and localizes
-            the wrong elements of failing tensors by group testing (see
-            :mod:`nbgradcheck.core.localize`); ``"auto"`` (default) is full when 2n
-            evaluations would take at most 10 s, else fast.
-        tol: the largest relative difference that passes.
-        seed: re-seed NumPy's and Python's global RNGs before every evaluation, so a
-            loss with dropout repeats its masks (and the dropout gradient is checked);
-            also seeds the choice of sampled elements.
-        progress: show a progress bar; ``None`` shows one when the check is expected
-            to take more than a second.
-        executor: evaluate the loss on workers: a ``concurrent.futures`` executor (e.g.
-            ``ProcessPoolExecutor``), a Dask ``Client`` or anything with
-            ``submit(fn, *args)`` returning a future (see :mod:`nbgradcheck.parallel.executor`).
-            The loss and parameters are pickled with cloudpickle and shipped once per
-            worker; the result is identical to the serial check's.
-        n_jobs: evaluate the loss in this many local processes (-1: one per core).
-
-    Returns:
-        A :class:`GradCheckResult`. Ctrl-C returns the partial result, marked
-        incomplete.
-    """
-    validate_options(loss, method, mode, sample, tol, eps)
-    rerun = dict(
-        loss=loss,
-        params=params,
-        grads=grads,
-        eps=eps,
-        method=method,
-        mode=mode,
-        sample=sample,
-        tol=tol,
-        seed=seed,
-        progress=progress,
-        executor=executor,
-        n_jobs=n_jobs,
-    )
-    parameters = parameter_set(params)
-    snapshot = parameters.snapshot()
-    restore_rng = parameters.rng_state()
-    started = time.perf_counter()
-    try:
-        with parallel_runner(executor, n_jobs, loss, params, seed) as runner:
-            setup = prepare(loss, parameters, grads, seed, snapshot)
-            setup.runner = runner
-            result = run_check(setup, loss, eps, method, mode, sample, tol, seed, progress)
-    except BaseException:
-        parameters.restore(snapshot)
-        raise
-    finally:
-        restore_rng()
-    parameters.ensure_unmodified(snapshot, "the loss")
-    result.duration_s = time.perf_counter() - started
-    result.rerun = rerun
-    if not result.complete:
-        warnings.warn(result.summary(), RuntimeWarning, stacklevel=2)
-    return result
-
-
-def validate_options(loss: Any, method: str, mode: str, sample: Any, tol: Any, eps: Any) -> None:
-    if not callable(loss):
-        raise GradCheckError(f"loss must be callable, not {type(loss).__name__}")
-    if method not in METHODS:
-        raise GradCheckError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if mode not in MODES:
-        raise GradCheckError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if mode == "fast" and method == "complex":
-        raise GradCheckError(
-            "mode='fast' needs real steps: use method='central' (or "
-            "'forward'/'backward') with it, or mode='full' for 'complex'"
-        )
-    if sample is not None:
-        if mode != "sample":
-            raise GradCheckError(f"sample={sample!r} needs mode='sample'")
-        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
-            raise GradCheckError(f"sample must be a positive integer; got {sample!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise GradCheckError(f"tol must be a positive number; got {tol!r}")
-    if eps is None or eps == "auto":
-        return
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < np.inf:
-        raise GradCheckError(f"eps must be a positive number or 'auto'; got {eps!r}")
 
 
 # -- calling the loss ---------------------------------------------------------------------

@@ -391,7 +391,7 @@ class GradCheckResult(ResultViews):
 
     def recheck(self, **changes: Any) -> GradCheckResult:
         """Run the same check again, with some arguments changed (e.g. ``eps=1e-4``)."""
-        from nbgradcheck.core.engine import check
+        from nbgradcheck.api.check import check
 
         arguments = {**self.rerun, **changes}
         return check(

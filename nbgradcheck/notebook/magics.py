@@ -31,7 +31,8 @@ from IPython.core.magic import (
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from IPython.display import display
 
-from nbgradcheck.core.engine import METHODS, MODES, check
+from nbgradcheck.api.check import check
+from nbgradcheck.core.engine import METHODS, MODES
 from nbgradcheck.core.result import GradCheckResult
 from nbgradcheck.errors import GradCheckError
 
