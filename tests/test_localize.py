@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import signal
-import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import frozen
 
 import nbgradcheck as ng
+from nbgradcheck.adapters.base import ParameterAdapter
+from nbgradcheck.adapters.numpy import ParameterSet
 from nbgradcheck.core import localize
+from nbgradcheck.core.plan import AUTO_FULL_EVALUATIONS, choose_mode
+from nbgradcheck.core.schemes import CENTRAL, COMPLEX, FORWARD
 from nbgradcheck.demo import course_network
 
 SHAPES = {"W1": (60, 100), "W2": (100, 40), "W3": (40, 40), "b": (2000,)}
@@ -201,19 +203,19 @@ def test_small_tensors_are_checked_one_by_one_in_fast_mode():
     assert wrong_found(result)["b"] == planted and result.failing == ["b"]
 
 
-def test_auto_mode_is_full_when_cheap_and_fast_when_slow():
-    def setup(shapes, seconds):
-        params = SimpleNamespace(shapes=shapes)
-        return SimpleNamespace(params=params, seconds_per_evaluation=seconds, runner=None)
-
+def test_auto_mode_is_decided_from_the_sizes_never_from_a_clock():
     notes = []
-    assert localize.choose_mode("auto", "central", setup([(1000, 1000)], 1e-6), notes) == "full"
-    assert localize.choose_mode("auto", "central", setup([(1000, 1000)], 1e-3), notes) == "fast"
+    big, small = [(1000, 1000)], [(5, 4), (5,)]
+    assert choose_mode("auto", CENTRAL, big, 1, notes) == "fast"
     assert "mode='auto' chose fast" in notes[0] and "2,000,000" in notes[0]
-    # a tiny model is checked in full whatever a loss evaluation costs
-    assert localize.choose_mode("auto", "central", setup([(5, 4), (5,)], 10.0), []) == "full"
-    assert localize.choose_mode("auto", "complex", setup([(1000, 1000)], 1.0), []) == "full"
-    assert localize.choose_mode("full", "central", setup([(1000, 1000)], 1.0), []) == "full"
+    assert "about" not in notes[0]  # no timing estimate in the report
+    assert choose_mode("auto", CENTRAL, small, 1, []) == "full"
+    assert choose_mode("auto", COMPLEX, big, 1, []) == "full"  # no real steps: always full
+    assert choose_mode("full", CENTRAL, big, 1, []) == "full"
+    budget = AUTO_FULL_EVALUATIONS
+    assert choose_mode("auto", CENTRAL, [(budget // 2,)], 1, []) == "full"
+    assert choose_mode("auto", CENTRAL, [(budget // 2 + 1,)], 1, []) == "fast"
+    assert choose_mode("auto", FORWARD, [(budget // 2 + 1,)], 1, []) == "full"  # n, not 2n
 
 
 def test_auto_mode_end_to_end():
@@ -221,11 +223,8 @@ def test_auto_mode_end_to_end():
     assert ng.check(net.loss, net.parameters, net.gradients).mode == "full"
     model = Quadratic({"W": (100, 100), "b": (100,)}, seed=9)
 
-    def slow_loss(p):
-        time.sleep(0.0006)  # 2n = 20,200 evaluations would take over 10 s
-        return model.loss(p)
-
-    result = ng.check(slow_loss, model.params, model.gradients(model.params), seed=9)
+    # 2n = 20,200 evaluations: more than a full check's budget, however fast the loss
+    result = ng.check(model.loss, model.params, model.gradients(model.params), seed=9)
     assert result.mode == "fast" and result.passed
     assert any("mode='auto' chose fast" in note for note in result.notes)
     assert result.rerun["mode"] == "auto"
@@ -281,8 +280,12 @@ def test_an_exception_in_the_loss_restores_and_names_the_group():
 
 def test_group_setter_falls_back_to_the_element_setter():
     array = np.arange(6.0)
-    params = SimpleNamespace(element_setter=lambda position: array.__setitem__)
-    set_group = localize.group_setter(params, 0)
+
+    class OneByOne(ParameterSet):  # an adapter without a vectorized group setter
+        group_setter = ParameterAdapter.group_setter
+
+    params = OneByOne.from_user({"a": array})
+    set_group = params.group_setter(0)
     set_group(np.array([1, 4]), np.array([10.0, 40.0]))
     assert array.tolist() == [0, 10, 2, 3, 40, 5]
 

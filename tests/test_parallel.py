@@ -15,6 +15,8 @@ import pytest
 from conftest import frozen
 
 import nbgradcheck as ng
+from nbgradcheck.core.plan import AUTO_FULL_EVALUATIONS, choose_mode
+from nbgradcheck.core.schemes import CENTRAL
 from nbgradcheck.demo import course_network
 from nbgradcheck.errors import GradCheckError, NonFiniteLossError, UnpicklableLossError
 from nbgradcheck.parallel import executor as parallel
@@ -412,17 +414,16 @@ def one_wrong_element(size: int = 3000):
 
 
 def test_fast_mode_localizes_with_group_tests_on_the_workers(executor, monkeypatch):
-    pytest.importorskip("nbgradcheck.core.localize")
     loss, params, grads = one_wrong_element()
     serial = ng.check(loss, params, grads, mode="fast", seed=0)
     assert serial.failing == ["W"]
-    batches, group_losses = [], parallel.ParallelRunner.group_losses
+    batches, group_losses = [], parallel.ExecutorEvaluator.group_losses
 
     def counted(runner, position, points, *args):
         batches.append(len(points))
         return group_losses(runner, position, points, *args)
 
-    monkeypatch.setattr(parallel.ParallelRunner, "group_losses", counted)
+    monkeypatch.setattr(parallel.ExecutorEvaluator, "group_losses", counted)
     result = ng.check(loss, params, grads, mode="fast", seed=0, executor=executor)
     assert batches and max(batches) >= 2  # halves tested side by side
     assert_same_result(serial, result)
@@ -437,18 +438,9 @@ def test_fast_mode_localizes_with_group_tests_on_the_workers(executor, monkeypat
 
 
 def test_auto_mode_counts_the_workers_when_choosing_a_full_check():
-    from types import SimpleNamespace
-
-    choose_mode = pytest.importorskip("nbgradcheck.core.localize").choose_mode
-
-    def setup(workers):  # 4,000 evaluations of 4 ms: 16 s serially, 8 s on two workers
-        runner = SimpleNamespace(workers=workers) if workers else None
-        return SimpleNamespace(
-            params=SimpleNamespace(shapes=[(2000,)]), seconds_per_evaluation=0.004, runner=runner
-        )
-
-    assert choose_mode("auto", "central", setup(None), []) == "fast"
-    assert choose_mode("auto", "central", setup(2), []) == "full"
+    shapes = [(AUTO_FULL_EVALUATIONS // 2 + 1,)]  # over the budget serially, not on two workers
+    assert choose_mode("auto", CENTRAL, shapes, 1, []) == "fast"
+    assert choose_mode("auto", CENTRAL, shapes, 2, []) == "full"
 
 
 def test_malloc_thresholds_are_raised_in_workers_only(monkeypatch, quadratic):

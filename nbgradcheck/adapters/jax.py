@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nbgradcheck.adapters.base import ParameterAdapter
 from nbgradcheck.adapters.numpy import (
     SINGLE_ARRAY_NAME,
     format_index,
@@ -146,7 +147,7 @@ def first_of(value: Any) -> Any:
     return value
 
 
-class JaxParameterSet:
+class JaxParameterSet(ParameterAdapter):
     """The engine's interface (see :class:`nbgradcheck.adapters.numpy.ParameterSet`) for JAX."""
 
     fixed_argument = False  # a new pytree is built for every evaluation

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from nbgradcheck.adapters.base import ParameterAdapter
 from nbgradcheck.adapters.numpy import (
     SINGLE_ARRAY_NAME,
     format_index,
@@ -202,7 +203,7 @@ class TorchSnapshot:
 # -- the parameter set ---------------------------------------------------------------------
 
 
-class TorchParameterSet:
+class TorchParameterSet(ParameterAdapter):
     """The engine's interface (see :class:`nbgradcheck.adapters.numpy.ParameterSet`) for torch."""
 
     fixed_argument = True  # the loss sees the in-place perturbations through the model

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 
 from nbgradcheck.adapters.registry import parameter_set
-from nbgradcheck.core.engine import METHODS, MODES, prepare, run_check
+from nbgradcheck.core.engine import prepare, run_check
+from nbgradcheck.core.plan import MODES
 from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.core.schemes import FAST_NEEDS_REAL_STEPS, Scheme, scheme_for
 from nbgradcheck.errors import GradCheckError
-from nbgradcheck.parallel.executor import parallel_runner
+from nbgradcheck.parallel.executor import parallel_evaluator
 
 
 def check(
@@ -55,8 +58,9 @@ def check(
             elements (default 10) of every tensor, spread over the tensor;
             ``"fast"`` tests each tensor along random-sign directions and localizes
             the wrong elements of failing tensors by group testing (see
-            :mod:`nbgradcheck.core.localize`); ``"auto"`` (default) is full when 2n
-            evaluations would take at most 10 s, else fast.
+            :mod:`nbgradcheck.core.localize`); ``"auto"`` (default) is full when it
+            needs at most 20,000 loss evaluations per worker, else fast (decided from
+            the sizes alone, so the same check gives the same report on any machine).
         tol: the largest relative difference that passes.
         seed: re-seed NumPy's and Python's global RNGs before every evaluation, so a
             loss with dropout repeats its masks (and the dropout gradient is checked);
@@ -74,7 +78,10 @@ def check(
         A :class:`GradCheckResult`. Ctrl-C returns the partial result, marked
         incomplete.
     """
-    validate_options(loss, method, mode, sample, tol, eps)
+    scheme = validate_options(loss, method, mode, sample, tol, eps, seed)
+    tol, sample = float(tol), None if sample is None else int(sample)
+    if isinstance(params, Iterator):  # model.parameters(): a generator, read once
+        params = list(params)
     rerun = dict(
         loss=loss,
         params=params,
@@ -94,10 +101,11 @@ def check(
     restore_rng = parameters.rng_state()
     started = time.perf_counter()
     try:
-        with parallel_runner(executor, n_jobs, loss, params, seed) as runner:
+        with parallel_evaluator(executor, n_jobs, loss, params, seed) as workers:
             setup = prepare(loss, parameters, grads, seed, snapshot)
-            setup.runner = runner
-            result = run_check(setup, loss, eps, method, mode, sample, tol, seed, progress)
+            if workers is not None:
+                setup.evaluator = workers.taking_over(setup)
+            result = run_check(setup, scheme, eps, mode, sample, tol, seed, progress)
     except BaseException:
         parameters.restore(snapshot)
         raise
@@ -111,26 +119,37 @@ def check(
     return result
 
 
-def validate_options(loss: Any, method: str, mode: str, sample: Any, tol: Any, eps: Any) -> None:
+def validate_options(
+    loss: Any, method: Any, mode: Any, sample: Any, tol: Any, eps: Any, seed: Any
+) -> Scheme:
+    """One clear error for the first bad argument; the scheme of ``method``."""
     if not callable(loss):
         raise GradCheckError(f"loss must be callable, not {type(loss).__name__}")
-    if method not in METHODS:
-        raise GradCheckError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    scheme = scheme_for(method)
     if mode not in MODES:
         raise GradCheckError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if mode == "fast" and method == "complex":
-        raise GradCheckError(
-            "mode='fast' needs real steps: use method='central' (or "
-            "'forward'/'backward') with it, or mode='full' for 'complex'"
-        )
+    if mode == "fast" and not scheme.real_steps:
+        raise GradCheckError(FAST_NEEDS_REAL_STEPS)
     if sample is not None:
         if mode != "sample":
             raise GradCheckError(f"sample={sample!r} needs mode='sample'")
-        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
+        if not is_integer(sample) or sample < 1:
             raise GradCheckError(f"sample must be a positive integer; got {sample!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+    if not is_number(tol) or not tol > 0:
         raise GradCheckError(f"tol must be a positive number; got {tol!r}")
-    if eps is None or eps == "auto":
-        return
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < np.inf:
+    if seed is not None and (not is_integer(seed) or not 0 <= seed < 2**32):
+        raise GradCheckError(f"seed must be None or an integer from 0 to 2**32 - 1; got {seed!r}")
+    auto = isinstance(eps, str) and eps == "auto"
+    if eps is not None and not auto and (not is_number(eps) or not 0 < eps < np.inf):
         raise GradCheckError(f"eps must be a positive number or 'auto'; got {eps!r}")
+    return scheme
+
+
+def is_integer(value: Any) -> bool:
+    """An int or NumPy integer, not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value: Any) -> bool:
+    """A real number (int, float or their NumPy kinds), not a bool."""
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nbgradcheck.api.check import check
-from nbgradcheck.core.engine import METHODS
+from nbgradcheck.core.schemes import METHODS, scheme_for
 from nbgradcheck.errors import GradCheckError
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from nbgradcheck.core.result import GradCheckResult
 
 DEFAULT_EPS = np.logspace(-12, -1, 23)
-EXPECTED_SLOPE = {"central": 2, "forward": 1, "backward": 1, "complex": 2}
 METHOD_COLOURS = {
     "central": "#1f77b4",
     "forward": "#d62728",
@@ -201,7 +200,7 @@ class EpsSweep:
             lines.append(
                 f"  {method:8s} best ε={row['eps']:.1e} (difference "
                 f"{row['difference']:.1e}), truncation slope {slopes[method]:.2f} "
-                f"(expected {EXPECTED_SLOPE.get(method, '?')})"
+                f"(expected {scheme_for(method).order})"
             )
         return "\n".join(lines)
 
@@ -353,7 +352,7 @@ def draw_method(ax: Axes, sweep: EpsSweep, method: str, y: str, mark_best: bool)
             solid_capstyle="round",
             zorder=2,
             label=f"{method} truncation: slope {slope:.2f} "
-            f"(expected {EXPECTED_SLOPE.get(method, '?')})",
+            f"(expected {scheme_for(method).order})",
         )
 
 

@@ -48,30 +48,25 @@ directional test when that is larger (float32).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from nbgradcheck.adapters.numpy import ParameterSet
+from nbgradcheck.adapters.numpy import contiguous
 from nbgradcheck.core.diagnose import transposition_partners
 from nbgradcheck.core.engine import (
     KINK_SIDE_RATIO,
-    NOISE_FACTOR,
     REFINE_FACTOR,
     REFINE_LEVELS,
     CheckSetup,
-    TensorPlan,
-    elements_to_check,
+    ignore_tick,
     measure_tensor,
-    perturbed_values,
     refine_failing,
     result_notes,
-    run_tensor,
-    step_sizes,
 )
+from nbgradcheck.core.evaluate import GroupPoints, Outputs
+from nbgradcheck.core.plan import FAST_DIRECTIONS, TensorPlan, elements_to_check, planned_points
 from nbgradcheck.core.progress import Progress, chunk_size, should_show
 from nbgradcheck.core.result import (
     MAX_FLOOR_EXCUSE,
@@ -79,12 +74,13 @@ from nbgradcheck.core.result import (
     TensorCheck,
     relative_difference,
 )
-from nbgradcheck.errors import LossError, NonFiniteLossError
+from nbgradcheck.core.schemes import CENTRAL, NOISE_FACTOR, Scheme
+from nbgradcheck.errors import NonFiniteLossError
 
 # Whole-tensor directions: a tensor whose gradient is wrong passes all of them with
 # probability at most 2**-DIRECTIONS (see the module docstring). Tensors of at most this
 # many elements are checked one by one instead (no more evaluations, and exact).
-DIRECTIONS = 16
+DIRECTIONS = FAST_DIRECTIONS
 # The round-off floor of a directional test is this many times the engine's estimate for
 # one element: when every element moves, the rounding errors of J(θ+δ) and J(θ−δ) no
 # longer cancel in part (measured on float32 ReLU networks: up to about 3 times).
@@ -108,93 +104,6 @@ MAX_ROUNDS = 3
 # with kinks reach a few percent; the element-wise verdict caps at 1e-2).
 FLOOR_SLACK = 2.0
 MAX_DIRECTIONAL_FLOOR_EXCUSE = 0.1
-# mode="auto" runs a full check when it is expected to take at most this long.
-AUTO_FULL_SECONDS = 10.0
-
-SetGroup = Callable[[np.ndarray, np.ndarray], None]
-
-
-# -- choosing the mode ----------------------------------------------------------------------
-
-
-def fast_minimum(n_tensors: int, method: str) -> int:
-    """Loss evaluations fast mode spends on a correct model (its cheapest outcome)."""
-    return DIRECTIONS * n_tensors * (2 if method == "central" else 1)
-
-
-def choose_mode(mode: str, method: str, setup: CheckSetup, notes: list[str]) -> str:
-    """Resolve ``mode="auto"``: a full check when it is cheap, else fast mode.
-
-    Full when 2n evaluations (n for one-sided methods) cost no more than fast mode's own
-    minimum, or are expected to take at most ``AUTO_FULL_SECONDS`` at the measured time
-    per evaluation (shared by the workers with ``executor=``/``n_jobs=``); always full for
-    ``method="complex"``.
-    """
-    if mode != "auto":
-        return mode
-    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in setup.params.shapes]
-    evaluations = sum(sizes) * (2 if method == "central" else 1)
-    runner = getattr(setup, "runner", None)
-    workers = runner.workers if runner is not None else 1
-    seconds = evaluations * setup.seconds_per_evaluation / workers
-    cheap = evaluations <= fast_minimum(len(sizes), method) or seconds <= AUTO_FULL_SECONDS
-    if method == "complex" or cheap:
-        return "full"
-    notes.append(
-        f"mode='auto' chose fast: a full check needs {evaluations:,} loss evaluations "
-        f"(about {seconds:,.0f} s); fast mode tests random directions per tensor and "
-        f"localizes the wrong elements"
-    )
-    return "fast"
-
-
-# -- perturbing groups of elements ----------------------------------------------------------
-
-
-def group_setter(params: Any, position: int) -> SetGroup:
-    """A function setting several elements (flat C-order indices) of one tensor in place.
-
-    Uses the parameter set's own ``group_setter(position)`` when it has one, a vectorized
-    assignment for NumPy arrays, else the element setter one element at a time.
-    """
-    custom = getattr(params, "group_setter", None)
-    if custom is not None:
-        return custom(position)
-    if isinstance(params, ParameterSet):
-        array = params.arrays[position]
-        target = array.reshape(-1) if array.flags.c_contiguous else array.flat
-
-        def set_vectorized(indices: np.ndarray, values: np.ndarray) -> None:
-            target[contiguous(indices)] = values
-
-        return set_vectorized
-    set_element = params.element_setter(position)
-
-    def set_each(indices: np.ndarray, values: np.ndarray) -> None:
-        for index, value in zip(indices.tolist(), values.tolist()):
-            set_element(index, value)
-
-    return set_each
-
-
-class CountingEvaluate:
-    """The setup's evaluator, counting completed evaluations."""
-
-    def __init__(self, evaluate: Callable[[], Any]) -> None:
-        self.evaluate = evaluate
-        self.count = 0
-
-    def __call__(self) -> Any:
-        value = self.evaluate()
-        self.count += 1
-        return value
-
-
-def contiguous(indices: np.ndarray) -> np.ndarray | slice:
-    """A slice for sorted, distinct indices without gaps (no gathering copy), else them."""
-    if indices.size and int(indices[-1]) - int(indices[0]) + 1 == indices.size:
-        return slice(int(indices[0]), int(indices[-1]) + 1)
-    return indices
 
 
 def dot(first: np.ndarray, second: np.ndarray) -> float:
@@ -375,15 +284,14 @@ class TensorSearch:
         self,
         setup: CheckSetup,
         position: int,
+        scheme: Scheme,
         eps: float | str,
-        method: str,
         tol: float,
         rng: np.random.Generator,
-        counter: CountingEvaluate,
     ) -> None:
         params = setup.params
-        self.setup, self.position, self.eps, self.method = setup, position, eps, method
-        self.tol, self.rng, self.counter = tol, rng, counter
+        self.setup, self.position, self.scheme, self.eps = setup, position, scheme, eps
+        self.tol, self.rng = tol, rng
         self.name = params.names[position]
         self.shape = tuple(int(n) for n in params.shapes[position])
         self.dtype = np.dtype(params.dtypes[position])
@@ -391,13 +299,13 @@ class TensorSearch:
         self.everything = np.arange(self.size, dtype=np.int64)
         self.values = params.flat_values(position, self.everything)
         self.values64 = self.values.astype(np.float64)
-        self.steps = step_sizes(self.values64, eps, method, setup.unit_roundoff)
-        self.plus, self.minus = perturbed_values(
-            self.values64, self.steps, self.dtype, "central", self.name, self.everything, self.shape
+        self.steps = scheme.step_sizes(self.values64, eps, setup.unit_roundoff)
+        # both sides: a directional test flips signs element by element
+        self.plus, self.minus = planned_points(
+            CENTRAL, self.values64, self.steps, self.dtype, self.name, self.everything, self.shape
         )
         self.analytic = setup.analytic[position].reshape(-1)
         self.corrected = self.analytic.copy()
-        self.set_group = group_setter(params, position)
         self.step_level = 0
         self.failing_signs = np.ones(self.size, dtype=np.int8)  # of the last failing test
         self.record = DirectionalTests(status="empty" if self.size == 0 else "not tested")
@@ -410,11 +318,7 @@ class TensorSearch:
     # -- the procedure ----------------------------------------------------------------
     def run(self) -> None:
         """Screen, sample, localize, verify; counts this tensor's directional evaluations."""
-        started = self.counter.count
-        try:
-            self.search()
-        finally:
-            self.directional_evaluations = self.counter.count - started
+        self.search()
 
     def search(self) -> None:
         if self.size == 0:
@@ -519,24 +423,37 @@ class TensorSearch:
     def tests(
         self, groups: list[np.ndarray], signs: list[np.ndarray], level: int
     ) -> list[DirectionalTest | None]:
-        """Directional tests of several groups; their losses computed by the workers in
-        one batch when the check runs on an executor (see :mod:`nbgradcheck.parallel.executor`)."""
-        runner = self.setup.runner
-        if runner is None or len(groups) < 2:
-            return [self.test(g, s, level) for g, s in zip(groups, signs)]
-        points = [self.points(g, s, level) for g, s in zip(groups, signs)]
-        losses = runner.group_losses(
-            self.position,
-            [None if p is None else (g, *p) for g, p in zip(groups, points)],
-            self.method,
-            self.setup,
-        )
-        saved = self.counter.evaluate, self.set_group
-        self.counter.evaluate, self.set_group = losses, lambda indices, values: None
-        try:  # the same tests, on the workers' losses; the user's arrays stay untouched
-            return [self.test(g, s, level) for g, s in zip(groups, signs)]
-        finally:
-            self.counter.evaluate, self.set_group = saved
+        """Directional tests of several groups, their losses computed together by the
+        evaluator (on the workers in one batch with ``executor=``/``n_jobs=``)."""
+        points = [self.points(contiguous(g), s, level) for g, s in zip(groups, signs)]
+        requests: list[GroupPoints] = [
+            None if p is None else (g, *p) for g, p in zip(groups, points)
+        ]
+        losses = iter(self.setup.evaluator.group_losses(self.position, requests, self.scheme))
+        tests = []
+        for group, point in zip(groups, points):
+            if point is None:
+                tests.append(None)
+                continue
+            j_up, j_down = self.losses_of(group, losses)
+            tests.append(self.directional_test(group, point, j_up, j_down, level))
+        return tests
+
+    def losses_of(self, group: np.ndarray, losses: Any) -> tuple[float, float]:
+        """J at the group's two points (J₀ for a side the scheme does not evaluate)."""
+        j0 = self.setup.loss_value
+        j_up = next(losses) if self.scheme.plus else j0
+        j_down = next(losses) if self.scheme.minus else j0
+        self.directional_evaluations += self.scheme.evaluations_per_element
+        for value in (j_up, j_down):
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"the loss became {value} when {group.size} elements of {self.name} "
+                    f"were perturbed together by about "
+                    f"{float(np.median(self.steps[group])):.1e} each; parameters restored. "
+                    f"Use a smaller eps or mode='full'"
+                )
+        return j_up, j_down
 
     # -- directional tests ------------------------------------------------------------
     def whole_tensor_test(self) -> DirectionalTest:
@@ -570,12 +487,19 @@ class TensorSearch:
 
     def test(self, group: np.ndarray, signs: np.ndarray, level: int) -> DirectionalTest | None:
         """Evaluate one directional test; None when the step rounds away at this level."""
+        return self.tests([group], [signs], level)[0]
+
+    def directional_test(
+        self,
+        group: np.ndarray,
+        points: tuple[np.ndarray, np.ndarray],
+        j_up: float,
+        j_down: float,
+        level: int,
+    ) -> DirectionalTest:
+        """The test's numbers from the losses at its two points."""
         where = contiguous(group)
-        points = self.points(where, signs, level)
-        if points is None:
-            return None
         up, down = (side.astype(np.float64) for side in points)
-        j_up, j_down = self.losses(group, *points)
         h = up - down
         length = float(np.sqrt(dot(h, h)))
         analytic = self.corrected[where]
@@ -583,7 +507,7 @@ class TensorSearch:
             NOISE_MARGIN * NOISE_FACTOR * self.setup.unit_roundoff * (abs(j_up) + abs(j_down))
         )
         left, right = float("nan"), float("nan")
-        if self.method == "central":
+        if self.scheme.sees_kinks:
             theta, j0 = self.values64[where], self.setup.loss_value
             left = (j0 - j_down) / dot(theta - down, h) * length
             right = (j_up - j0) / dot(up - theta, h) * length
@@ -614,43 +538,7 @@ class TensorSearch:
             minus = (self.values64[where] - steps).astype(self.dtype)
             if np.any(plus == minus):
                 return None
-        up = np.where(signs > 0, plus, minus)
-        down = np.where(signs > 0, minus, plus)
-        if self.method == "forward":
-            down = values
-        elif self.method == "backward":
-            up = values
-        return up, down
-
-    def losses(self, group: np.ndarray, up: np.ndarray, down: np.ndarray) -> tuple[float, float]:
-        """J at the two points (J₀ for an unused side); the group is restored exactly."""
-        j0 = self.setup.loss_value
-        try:
-            j_up = self.loss_at(group, up) if self.method != "backward" else j0
-            j_down = self.loss_at(group, down) if self.method != "forward" else j0
-        except LossError:
-            raise
-        except Exception as error:
-            if hasattr(error, "add_note"):
-                error.add_note(
-                    f"(nbgradcheck: raised while {group.size} elements of "
-                    f"{self.name} were perturbed; parameters restored)"
-                )
-            raise
-        finally:
-            self.set_group(group, self.values[contiguous(group)])
-        return j_up, j_down
-
-    def loss_at(self, group: np.ndarray, shifted: np.ndarray) -> float:
-        self.set_group(group, shifted)
-        value = self.counter()
-        if not np.isfinite(value):
-            raise NonFiniteLossError(
-                f"the loss became {value} when {group.size} elements of {self.name} were "
-                f"perturbed together by about {float(np.median(self.steps[group])):.1e} "
-                f"each; parameters restored. Use a smaller eps or mode='full'"
-            )
-        return value
+        return self.scheme.directional_points(plus, minus, values, signs)
 
     # -- element-wise checks ------------------------------------------------------------
     def sample(self, pool: np.ndarray, count: int, partners: bool) -> np.ndarray:
@@ -668,20 +556,20 @@ class TensorSearch:
         if not indices.size:
             return
         plan = self.element_plan(indices)
-        outputs: tuple[list, list] = ([], [])
+        outputs: Outputs = ([], [])
         interrupted = False
         try:
-            run_tensor(plan, self.setup, self.method, None, outputs, lambda _: None, self.chunk)
+            self.setup.evaluator.element_losses(plan, self.scheme, outputs, ignore_tick, self.chunk)
         except KeyboardInterrupt:
             interrupted = True
         self.element_evaluations += len(outputs[0]) + len(outputs[1])
-        tensor = measure_tensor(plan, self.setup, self.method, outputs, self.tol)
+        tensor = measure_tensor(plan, self.setup, self.scheme, outputs, self.tol)
         self.checks.append(tensor)
         self.checked[indices] = True
         if interrupted:
             raise KeyboardInterrupt
         self.element_evaluations += refine_failing(
-            plan, tensor, self.setup, self.method, self.chunk, self.tol
+            plan, tensor, self.setup, self.scheme, self.chunk, self.tol
         )
         wrong = tensor.element_failing & ~tensor.kink
         self.corrected[tensor.indices[wrong]] = tensor.numeric[wrong]
@@ -689,11 +577,11 @@ class TensorSearch:
     def element_plan(self, indices: np.ndarray) -> TensorPlan:
         values = self.values[indices]
         steps = self.steps[indices]
-        plus, minus = perturbed_values(
+        plus, minus = planned_points(
+            self.scheme,
             values.astype(np.float64),
             steps,
             self.dtype,
-            self.method,
             self.name,
             indices,
             self.shape,
@@ -767,8 +655,8 @@ def merged_checks(parts: list[TensorCheck], template: TensorCheck) -> TensorChec
 
 def fast_check(
     setup: CheckSetup,
+    scheme: Scheme,
     eps: float | str,
-    method: str,
     tol: float,
     seed: int | None,
     progress: bool | None,
@@ -776,15 +664,14 @@ def fast_check(
 ) -> GradCheckResult:
     """mode='fast': directional screening of every tensor, localization of failures."""
     rng = np.random.default_rng(seed)
-    counter = CountingEvaluate(setup.evaluate)
     searches = [
-        TensorSearch(setup, position, eps, method, tol, rng, counter)
+        TensorSearch(setup, position, scheme, eps, tol, rng)
         for position in range(len(setup.params.names))
     ]
-    expected = setup.seconds_per_evaluation * fast_minimum(len(searches), method)
+    minimum = DIRECTIONS * len(searches) * scheme.evaluations_per_element
+    expected = setup.seconds_per_evaluation * minimum / setup.evaluator.workers
     bar = Progress(sum(s.size for s in searches), should_show(progress, expected))
     complete = True
-    started = time.perf_counter()
     try:
         for search in searches:
             bar.describe(search.name)
@@ -798,14 +685,14 @@ def fast_check(
     finally:
         bar.close()
     tensors = [search.result() for search in searches]
-    evaluations = 2 + counter.count + sum(s.element_evaluations for s in searches)
+    evaluations = 2 + sum(s.directional_evaluations + s.element_evaluations for s in searches)
     if complete:
         evaluations += probe_repeatability(tensors, setup)
-    notes = notes + fast_notes(tensors, time.perf_counter() - started)
-    notes += result_notes(tensors, setup, method)
+    notes = notes + fast_notes(tensors)
+    notes += result_notes(tensors, setup, scheme)
     return GradCheckResult(
         tensors,
-        method,
+        scheme.name,
         eps,
         "fast",
         tol,
@@ -816,11 +703,11 @@ def fast_check(
     )
 
 
-def fast_notes(tensors: list[TensorCheck], seconds: float) -> list[str]:
+def fast_notes(tensors: list[TensorCheck]) -> list[str]:
     """What fast mode did, and where it could not localize."""
     tests = sum(len(t.directional.tests) + t.directional.group_tests for t in tensors)
     notes = [
-        f"fast mode: {tests} directional tests in {seconds:.1f} s; a tensor with a wrong "
+        f"fast mode: {tests} directional tests; a tensor with a wrong "
         f"element passes all {DIRECTIONS} whole-tensor directions with probability at "
         f"most 2^-{DIRECTIONS}; elements not listed in result.elements(name) were covered "
         f"by directional tests only"

@@ -63,10 +63,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nbgradcheck.adapters.registry import parameter_set
-from nbgradcheck.errors import GradCheckError, UnpicklableLossError
+from nbgradcheck.core.evaluate import (
+    ELEMENT_NOTE,
+    GroupPoints,
+    InProcessEvaluator,
+    Outputs,
+    Tick,
+    add_element_note,
+    in_flight,
+    takes_argument,
+)
+from nbgradcheck.errors import GradCheckError, LossError, UnpicklableLossError
 
 if TYPE_CHECKING:
-    from nbgradcheck.core.engine import CheckSetup, TensorPlan
+    from nbgradcheck.core.engine import CheckSetup
+    from nbgradcheck.core.plan import TensorPlan
+    from nbgradcheck.core.schemes import Scheme
 
 # One task holds between this many seconds of loss evaluations: enough to amortize a
 # task's overhead (a millisecond or so), little enough to keep the workers balanced.
@@ -77,7 +89,6 @@ CHUNKS_PER_WORKER = 4
 # A worker thread keeps the unpickled loss and parameters of this many recent checks.
 CACHED_CHECKS = 2
 # How the engine's note naming the perturbed element starts (engine.run_tensor).
-ELEMENT_NOTE = "(nbgradcheck: raised while"
 # glibc's malloc in a fresh process gives freed arrays over 128 KiB (and the top of the
 # heap beyond twice that) back to the system at once, so a NumPy loss allocating
 # megabytes page-faults through every evaluation, up to twice as slowly as in a process
@@ -86,25 +97,22 @@ MMAP_THRESHOLD_BYTES = 32 * 2**20
 TRIM_THRESHOLD_BYTES = 64 * 2**20
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
 
-Outputs = tuple[list, list]
-Tick = Callable[[int], None]
-
 
 # -- the calling process: setting up --------------------------------------------------------
 
 
 @contextlib.contextmanager
-def parallel_runner(
+def parallel_evaluator(
     executor: Any, n_jobs: int | None, loss: Callable[..., Any], params: Any, seed: int | None
-) -> Iterator[ParallelRunner | None]:
-    """The runner that evaluates on ``executor`` (or ``n_jobs`` local processes) during
-    the check, closed afterwards; ``None`` when both are ``None`` (a serial check)."""
+) -> Iterator[ExecutorEvaluator | None]:
+    """The evaluator that runs on ``executor`` (or ``n_jobs`` local processes) during the
+    check, closed afterwards; ``None`` when both are ``None`` (a serial check)."""
     if executor is None and n_jobs is None:
         yield None
         return
     validate_workers(executor, n_jobs)
     connection = connect(executor, n_jobs, uuid.uuid4().hex, pickled_loss(loss, params))
-    runner = ParallelRunner(connection, seed)
+    runner = ExecutorEvaluator(connection, seed)
     try:
         yield runner
     except BaseException:
@@ -332,7 +340,7 @@ class ChunkTask:
 
     token: str
     plan: TensorPlan
-    method: str
+    scheme: Scheme
     seed: int | None
     batched: bool  # through the adapter's batched_losses, as the serial check would
     tick_chunk: int  # the serial loop's progress chunk: batched calls are cut the same way
@@ -351,8 +359,8 @@ class GroupTask:
 
     token: str
     position: int
-    points: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]  # (indices, up, down)
-    method: str
+    points: list[GroupPoints]  # (indices, up, down) per group
+    scheme: Scheme
     seed: int | None
 
     @property
@@ -391,12 +399,19 @@ class RemoteTraceback(Exception):
         return str(self.args[0])
 
 
-class ParallelRunner:
-    """Cuts plans into chunks, submits them, and puts the loss values back in plan order."""
+class ExecutorEvaluator:
+    """The evaluation interface on workers: cuts plans into chunks, submits them, and puts
+    the loss values back in plan order (see :class:`nbgradcheck.core.evaluate.Evaluator`).
+
+    Requests too small to repay a round trip (a single directional test) are evaluated in
+    this process by ``local``, the check's in-process evaluator.
+    """
 
     def __init__(self, connection: Connection, seed: int | None) -> None:
         self.connection = connection
         self.seed = seed
+        self.local: InProcessEvaluator | None = None
+        self.setup: CheckSetup | None = None
         self.expected: list[TensorPlan] = []  # plans to submit at the first request
         self.prefetched: dict[int, list[Job]] = {}  # the jobs of each plan, by id(plan)
         self.jobs: list[Job] = []
@@ -410,50 +425,56 @@ class ParallelRunner:
     def workers(self) -> int:
         return self.connection.workers
 
-    def prefetch(self, plans: list[TensorPlan], setup: CheckSetup, method: str, chunk: int) -> None:
+    def taking_over(self, setup: CheckSetup) -> ExecutorEvaluator:
+        """Evaluate for ``setup`` from now on, keeping its in-process evaluator."""
+        self.setup, self.local = setup, setup.local
+        return self
+
+    def seconds_per_element(self, scheme: Scheme) -> float:
+        return self.setup.seconds_per_evaluation * scheme.evaluations_per_element
+
+    def prefetch(self, plans: list[TensorPlan], scheme: Scheme, chunk: int) -> None:
         """The plans the check will ask for, in order: the first request submits all of
         their chunks, so that no worker waits between tensors."""
         total = sum(plan.indices.size for plan in plans)
         self.chunk_elements = elements_per_chunk(
-            total, seconds_per_element(setup, method), self.workers, chunk
+            total, self.seconds_per_element(scheme), self.workers, chunk
         )
-        self.expected = list(plans)
+        self.expected = [(plan, scheme, chunk) for plan in plans]
 
-    def run_tensor(
-        self,
-        plan: TensorPlan,
-        setup: CheckSetup,
-        method: str,
-        outputs: Outputs,
-        tick: Tick,
-        chunk: int,
+    def element_losses(
+        self, plan: TensorPlan, scheme: Scheme, outputs: Outputs, tick: Tick, chunk: int
     ) -> None:
         """Append J at the plan's points to ``outputs``, exactly as the serial loop does."""
         try:
             for expected in self.expected:  # here, where Ctrl-C means "interrupted"
-                self.prefetched[id(expected)] = self.submit_plan(expected, setup, method, chunk)
+                self.prefetched[id(expected[0])] = self.submit_plan(*expected)
             self.expected = []
             jobs = self.prefetched.pop(id(plan), None)
             if jobs is None:  # not submitted up front (refinement, fast mode's checks)
-                jobs = self.submit_plan(plan, setup, method, chunk)
+                jobs = self.submit_plan(plan, scheme, chunk)
         except KeyboardInterrupt:
             self.stop()
             raise
-        self.collect(jobs, outputs, tick)
+        try:
+            self.collect(jobs, outputs, tick)
+        except (LossError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            add_element_note(error, in_flight(plan, scheme, outputs))
+            raise
 
-    def submit_plan(
-        self, plan: TensorPlan, setup: CheckSetup, method: str, chunk: int
-    ) -> list[Job]:
+    def submit_plan(self, plan: TensorPlan, scheme: Scheme, chunk: int) -> list[Job]:
         size = self.chunk_elements or elements_per_chunk(
-            plan.indices.size, seconds_per_element(setup, method), self.workers, chunk
+            plan.indices.size, self.seconds_per_element(scheme), self.workers, chunk
         )
-        batched = bool(getattr(setup.params, "can_batch", False))
+        batched = self.setup.params.can_batch
         return [
             self.submit_task(
                 ChunkTask(
                     self.connection.token,
                     plan_slice(plan, start, size),
-                    method,
+                    scheme,
                     self.seed,
                     batched,
                     chunk,
@@ -462,29 +483,19 @@ class ParallelRunner:
             for start in range(0, plan.indices.size, size)
         ]
 
-    def group_losses(
-        self,
-        position: int,
-        points: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
-        method: str,
-        setup: CheckSetup,
-    ) -> Callable[[], Any]:
-        """J at the directional-test points of several groups of one tensor, on the workers.
-
-        ``points`` holds (indices, up, down) per group, None for a test not evaluated; J(up)
-        then J(down) are evaluated for each group (one of them for one-sided methods).
-        Returns a stand-in for the loss that gives these values in that order and raises
-        the error that stopped a worker where it was raised: the serial tests, run again
-        with it, then behave exactly as they would have.
-        """
-        size = elements_per_chunk(len(points), seconds_per_element(setup, method), self.workers, 1)
+    def group_losses(self, position: int, groups: list[GroupPoints], scheme: Scheme) -> list[float]:
+        """J at the directional-test points of several groups of one tensor, on the workers
+        (a single group in this process); in the order the in-process evaluator gives."""
+        if len(groups) < 2:
+            return self.local.group_losses(position, groups, scheme)
+        size = elements_per_chunk(len(groups), self.seconds_per_element(scheme), self.workers, 1)
         jobs = [
             self.submit_task(
                 GroupTask(
-                    self.connection.token, position, points[start : start + size], method, self.seed
+                    self.connection.token, position, groups[start : start + size], scheme, self.seed
                 )
             )
-            for start in range(0, len(points), size)
+            for start in range(0, len(groups), size)
         ]
         values: list = []
         try:
@@ -492,11 +503,11 @@ class ParallelRunner:
                 outcome = self.outcome(job)
                 values.extend(outcome.plus)
                 if outcome.error is not None:
-                    return replay(values, outcome)
+                    raise_error(outcome)
         except KeyboardInterrupt:
             self.stop()
             raise
-        return replay(values, None)
+        return values
 
     def submit_task(self, task: ChunkTask | GroupTask) -> Job:
         payload = self.connection.payload(len(self.jobs))
@@ -584,31 +595,11 @@ def raise_error(outcome: ChunkOutcome) -> None:
     raise error
 
 
-def replay(values: list, failure: ChunkOutcome | None) -> Callable[[], Any]:
-    """A stand-in for the loss: ``values`` one per call, then ``failure``'s error."""
-    remaining = iter(values)
-    exhausted = object()
-
-    def evaluate() -> Any:
-        value = next(remaining, exhausted)
-        if value is not exhausted:
-            return value
-        if failure is not None:
-            raise_error(failure)
-        raise RuntimeError("nbgradcheck: the tests asked for more losses than were computed")
-
-    return evaluate
-
-
 def future_outcome(future: Any) -> ChunkOutcome:
     """The outcome of a finished future; an empty one when it was cancelled or failed."""
     if future.cancelled() or future.exception() is not None:
         return ChunkOutcome(error=RuntimeError("no outcome"))
     return future.result()
-
-
-def seconds_per_element(setup: CheckSetup, method: str) -> float:
-    return setup.seconds_per_evaluation * (2 if method == "central" else 1)
 
 
 def elements_per_chunk(
@@ -674,56 +665,20 @@ class WorkerCopy:
     loss: Callable[..., Any]
     params: Any  # the engine's parameter set over this copy's arrays
     pass_argument: bool
-    bound: bool = False  # the loss was given to the adapter for batched evaluation
+
+    def evaluator(self, seed: int | None, batch: bool) -> InProcessEvaluator:
+        """The check's own in-process evaluator over this copy (it restores every element
+        it perturbs)."""
+        return InProcessEvaluator(self.params, self.loss, self.pass_argument, seed, batch=batch)
 
     def run_plan(self, task: ChunkTask, outputs: Outputs) -> None:
-        """The engine's own loop over the chunk (it restores every element it perturbs)."""
-        from nbgradcheck.core import engine
-
-        if task.batched and not self.bound:
-            self.params.bind_loss(self.loss, self.pass_argument)
-            self.bound = True
-        evaluate = engine.make_evaluator(self.loss, self.params, self.pass_argument, task.seed)
-        setup = engine.CheckSetup(
-            params=self.params,
-            analytic=[],
-            evaluate=evaluate,
-            loss_value=float("nan"),
-            unit_roundoff=float("nan"),
-            seconds_per_evaluation=0.0,
-            notes=[],
-        )
-        evaluator = (
-            engine.complex_evaluator(self.loss, setup, task.seed)
-            if task.method == "complex"
-            else None
-        )
-        engine.run_tensor(
-            task.plan, setup, task.method, evaluator, outputs, ignore_tick, task.tick_chunk
-        )
+        evaluator = self.evaluator(task.seed, task.batched)
+        evaluator.element_losses(task.plan, task.scheme, outputs, ignore_tick, task.tick_chunk)
 
     def run_groups(self, task: GroupTask, out: list) -> None:
-        """J with each group at its two points in turn, as fast mode's tests evaluate it;
-        each group is restored exactly afterwards."""
-        from nbgradcheck.core.engine import make_evaluator
-        from nbgradcheck.core.localize import group_setter
-
-        evaluate = make_evaluator(self.loss, self.params, self.pass_argument, task.seed)
-        set_group = group_setter(self.params, task.position)
-        sides = [
-            side for side, unused in ((0, "backward"), (1, "forward")) if task.method != unused
-        ]
-        for point in task.points:
-            if point is None:
-                continue
-            indices, *shifted = point
-            original = self.params.flat_values(task.position, indices)
-            try:
-                for side in sides:
-                    set_group(indices, shifted[side])
-                    out.append(evaluate())
-            finally:
-                set_group(indices, original)
+        """J with each group at its two points in turn, as fast mode's tests evaluate it."""
+        evaluator = self.evaluator(task.seed, batch=False)
+        out.extend(evaluator.group_losses(task.position, task.points, task.scheme))
 
 
 def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
@@ -734,8 +689,6 @@ def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
     data = payload if payload is not None else _installed.get(token)
     if data is None:
         return None
-    from nbgradcheck.core.engine import takes_argument
-
     global payload_loads
     payload_loads += 1
     settings, pickled = pickle.loads(data)

@@ -1,0 +1,195 @@
+"""Finite-difference schemes: one object per method, owning everything that differs.
+
+==========  ===============================  ===========  ==============================
+method      estimate of ∂J/∂θ                error        evaluations per element
+==========  ===============================  ===========  ==============================
+central     (J(θ+ε) − J(θ−ε)) / 2ε           O(ε²)        2
+forward     (J(θ+ε) − J(θ)) / ε              O(ε)         1
+backward    (J(θ) − J(θ−ε)) / ε              O(ε)         1
+complex     Im J(θ+iε) / ε                   O(ε²)        1 (no cancellation: ε = 1e-20)
+==========  ===============================  ===========  ==============================
+
+A scheme knows its step rule (``step_sizes``), the points it evaluates (``points``: θ+ε
+and θ−ε rounded to the parameter's dtype; θ itself stands for an unused side), how it
+combines the losses (``estimate``), its error order and its round-off floor (``noise``),
+and what the rest of the check may do with it (kink detection needs both one-sided
+slopes; refinement and directional tests need real steps). No other module compares
+method names: adding a method means adding a scheme here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nbgradcheck.errors import GradCheckError
+
+# Round-off in J grows with the number of operations; this many unit round-offs of |J| are
+# taken as the error of one loss evaluation when computing the noise floor.
+NOISE_FACTOR = 8.0
+# The default step for float64 parameters (``eps=None``), and for the complex step.
+DEFAULT_EPS = 1e-6
+DEFAULT_COMPLEX_EPS = 1e-20
+FAST_NEEDS_REAL_STEPS = (
+    "mode='fast' needs real steps: use method='central' (or 'forward'/'backward') with it, "
+    "or mode='full' for 'complex'"
+)
+
+Points = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A real-step finite-difference method; subclasses say which sides they evaluate."""
+
+    name: str
+    order: int  # the truncation error is O(ε**order)
+    plus: bool  # evaluates J(θ+ε)
+    minus: bool  # evaluates J(θ−ε)
+
+    # -- what the rest of the check may do ---------------------------------------------
+    @property
+    def evaluations_per_element(self) -> int:
+        return int(self.plus) + int(self.minus)
+
+    @property
+    def sees_kinks(self) -> bool:
+        """Both one-sided slopes are known, so a slope jump (a kink) can be recognised."""
+        return self.plus and self.minus
+
+    @property
+    def real_steps(self) -> bool:
+        """Steps are real perturbations of the user's arrays (refinement and directional
+        tests are possible)."""
+        return True
+
+    def default_eps(self, low_precision: bool) -> float | str:
+        """``eps=None``: 'auto' (scaled to the dtype) below float64, else DEFAULT_EPS."""
+        return "auto" if low_precision else DEFAULT_EPS
+
+    def relative_step(self, unit_roundoff: float) -> float:
+        """The step that balances truncation and round-off, relative to max(1, |θ|)."""
+        machine_eps = 2 * unit_roundoff
+        return machine_eps ** (1 / (self.order + 1))
+
+    # -- the points ----------------------------------------------------------------------
+    def step_sizes(self, values: np.ndarray, eps: float | str, unit_roundoff: float) -> np.ndarray:
+        """The step for each element: ``eps``, or for 'auto' the optimum scaled by |θ|."""
+        if eps != "auto":
+            return np.full(values.shape, float(eps))
+        return self.relative_step(unit_roundoff) * np.maximum(1.0, np.abs(values))
+
+    def points(self, values: np.ndarray, steps: np.ndarray, dtype: np.dtype) -> Points:
+        """θ+ε and θ−ε rounded to ``dtype`` (θ itself for a side not evaluated)."""
+        plus = (values + steps).astype(dtype) if self.plus else values.astype(dtype)
+        minus = (values - steps).astype(dtype) if self.minus else values.astype(dtype)
+        return plus, minus
+
+    def unresolved(self, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
+        """Positions where the step rounds away in the dtype (θ±ε == θ)."""
+        return np.flatnonzero(plus == minus)
+
+    def directional_points(
+        self, plus: np.ndarray, minus: np.ndarray, values: np.ndarray, signs: np.ndarray
+    ) -> Points:
+        """The two points of a directional test along ``signs`` (fast mode)."""
+        up = np.where(signs > 0, plus, minus) if self.plus else values
+        down = np.where(signs > 0, minus, plus) if self.minus else values
+        return up, down
+
+    # -- from losses to an estimate ------------------------------------------------------
+    def estimate(
+        self,
+        j0: float,
+        loss_plus: np.ndarray,
+        loss_minus: np.ndarray,
+        up: np.ndarray,
+        down: np.ndarray,
+        steps: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(numeric gradient, step taken, J at θ+ε as stored) from the losses.
+
+        ``up`` = (θ+ε) − θ and ``down`` = θ − (θ−ε) as rounded to the dtype.
+        """
+        with np.errstate(invalid="ignore", divide="ignore"):
+            high = loss_plus if self.plus else np.full_like(loss_minus, j0)
+            low = loss_minus if self.minus else np.full_like(loss_plus, j0)
+            width = (up if self.plus else 0.0) + (down if self.minus else 0.0)
+            return (high - low) / width, width, loss_plus
+
+    def noise(
+        self,
+        unit_roundoff: float,
+        j0: float,
+        loss_plus: np.ndarray,
+        loss_minus: np.ndarray,
+        width: np.ndarray,
+    ) -> np.ndarray:
+        """How far round-off in J alone can move each numeric estimate."""
+        high = np.abs(loss_plus) if self.plus else abs(j0)
+        low = np.abs(loss_minus) if self.minus else abs(j0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return NOISE_FACTOR * unit_roundoff * (high + low) / width
+
+
+@dataclass(frozen=True)
+class ComplexStep(Scheme):
+    """Im J(θ+iε)/ε: exact to machine precision for complex-analytic losses."""
+
+    @property
+    def real_steps(self) -> bool:
+        return False
+
+    def default_eps(self, low_precision: bool) -> float | str:
+        return DEFAULT_COMPLEX_EPS
+
+    def relative_step(self, unit_roundoff: float) -> float:
+        return DEFAULT_COMPLEX_EPS
+
+    def points(self, values: np.ndarray, steps: np.ndarray, dtype: np.dtype) -> Points:
+        return values + 1j * steps, values.astype(dtype)
+
+    def unresolved(self, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
+        return np.array([], dtype=np.int64)
+
+    def estimate(
+        self,
+        j0: float,
+        loss_plus: np.ndarray,
+        loss_minus: np.ndarray,
+        up: np.ndarray,
+        down: np.ndarray,
+        steps: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        loss_plus = np.asarray(loss_plus, dtype=complex)
+        missing = np.isnan(loss_plus)  # not evaluated (interrupted): no estimate
+        numeric = np.where(missing, np.nan, loss_plus.imag / steps)
+        return numeric, steps, np.where(missing, np.nan, loss_plus.real)
+
+    def noise(
+        self,
+        unit_roundoff: float,
+        j0: float,
+        loss_plus: np.ndarray,
+        loss_minus: np.ndarray,
+        width: np.ndarray,
+    ) -> np.ndarray:
+        return np.zeros(np.shape(loss_plus))
+
+
+CENTRAL = Scheme("central", order=2, plus=True, minus=True)
+FORWARD = Scheme("forward", order=1, plus=True, minus=False)
+BACKWARD = Scheme("backward", order=1, plus=False, minus=True)
+COMPLEX = ComplexStep("complex", order=2, plus=True, minus=False)
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (CENTRAL, FORWARD, BACKWARD, COMPLEX)}
+METHODS = tuple(SCHEMES)
+
+
+def scheme_for(method: object) -> Scheme:
+    """The scheme called ``method``; a clear error for anything else."""
+    scheme = SCHEMES.get(method) if isinstance(method, str) else None
+    if scheme is None:
+        raise GradCheckError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return scheme
