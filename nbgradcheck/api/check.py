@@ -22,6 +22,7 @@ from nbgradcheck.core.result import GradCheckResult
 from nbgradcheck.core.schemes import FAST_NEEDS_REAL_STEPS, Scheme, scheme_for
 from nbgradcheck.errors import GradCheckError
 from nbgradcheck.parallel.executor import parallel_evaluator
+from nbgradcheck.views.progress import TqdmBar
 
 
 def check(
@@ -103,6 +104,7 @@ def check(
     try:
         with parallel_evaluator(executor, n_jobs, loss, params, seed) as workers:
             setup = prepare(loss, parameters, grads, seed, snapshot)
+            setup.make_bar = TqdmBar
             if workers is not None:
                 setup.evaluator = workers.taking_over(setup)
             result = run_check(setup, scheme, eps, mode, sample, tol, seed, progress)

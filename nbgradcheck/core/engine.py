@@ -29,7 +29,7 @@ from nbgradcheck.core.evaluate import (
     takes_argument,
 )
 from nbgradcheck.core.plan import TensorPlan, choose_mode, plan_tensors, resolve_eps, sub_plan
-from nbgradcheck.core.progress import Progress, chunk_size, should_show
+from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
 from nbgradcheck.core.result import GradCheckResult, TensorCheck
 from nbgradcheck.core.schemes import Scheme
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
@@ -57,6 +57,7 @@ class CheckSetup:
     seconds_per_evaluation: float
     notes: list[str]
     pass_argument: bool = True
+    make_bar: BarFactory | None = None  # draws the progress bar (views.progress)
 
     @property
     def evaluate(self) -> Callable[[], Any]:
@@ -219,7 +220,8 @@ def check_plans(
     """Evaluate, measure and refine each plan; stops evaluating at Ctrl-C."""
     total = sum(p.indices.size for p in plans)
     per_element = setup.seconds_per_evaluation * scheme.evaluations_per_element
-    bar = Progress(total, should_show(progress, per_element * total / setup.evaluator.workers))
+    expected = per_element * total / setup.evaluator.workers
+    bar = open_bar(setup.make_bar, total, should_show(progress, expected))
     chunk = chunk_size(per_element)
     setup.evaluator.prefetch(plans, scheme, chunk)
     tensors, evaluations, complete = [], 2, True

@@ -67,7 +67,7 @@ from nbgradcheck.core.engine import (
 )
 from nbgradcheck.core.evaluate import GroupPoints, Outputs
 from nbgradcheck.core.plan import FAST_DIRECTIONS, TensorPlan, elements_to_check, planned_points
-from nbgradcheck.core.progress import Progress, chunk_size, should_show
+from nbgradcheck.core.progress import chunk_size, open_bar, should_show
 from nbgradcheck.core.result import (
     MAX_FLOOR_EXCUSE,
     GradCheckResult,
@@ -670,7 +670,8 @@ def fast_check(
     ]
     minimum = DIRECTIONS * len(searches) * scheme.evaluations_per_element
     expected = setup.seconds_per_evaluation * minimum / setup.evaluator.workers
-    bar = Progress(sum(s.size for s in searches), should_show(progress, expected))
+    total = sum(s.size for s in searches)
+    bar = open_bar(setup.make_bar, total, should_show(progress, expected))
     complete = True
     try:
         for search in searches:

@@ -1,16 +1,15 @@
-"""Progress reporting for long checks: tqdm's auto bar, updated at a bounded rate.
+"""Progress reporting for long checks, without drawing anything (pure).
 
-``tqdm.auto`` draws a widget bar in Jupyter and a text bar in terminals, both with an
-ETA. The check loop does not call the bar per element: it reports chunks of
-:func:`chunk_size` elements, sized to last about :data:`TICK_SECONDS`, and tqdm redraws
-at most every :data:`REDRAW_SECONDS`, so the bar costs a fraction of a percent even
-when the loss takes a microsecond.
+The check loop does not report per element: it reports chunks of :func:`chunk_size`
+elements, sized to last about :data:`TICK_SECONDS`. What draws the bar is given by the
+caller (``CheckSetup.make_bar``: tqdm, in :mod:`nbgradcheck.views.progress`); the core
+only decides whether a bar is worth showing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 # A check expected to take longer than this shows a bar when ``progress=None``.
 AUTO_PROGRESS_SECONDS = 1.0
@@ -20,46 +19,41 @@ TICK_SECONDS = 0.1
 # one was unusually fast the bar must still move; one tick per MAX_CHUNK elements is
 # still negligible next to MAX_CHUNK loss evaluations.
 MAX_CHUNK = 1024
-# tqdm redraws at most this often.
-REDRAW_SECONDS = 0.2
 
 Tick = Callable[[int], None]
 
 
-class Progress:
-    """Counts checked elements; shows a tqdm bar (with ETA) when enabled."""
+class Bar(Protocol):
+    """What the check reports to: elements done, the tensor being checked, the end."""
 
-    def __init__(self, total: int, enabled: bool, description: str = "gradcheck") -> None:
-        self.bar: Any = None
-        if enabled and total > 0:
-            from tqdm.auto import tqdm
+    def advance(self, count: int) -> None: ...
 
-            self.bar = tqdm(
-                total=total,
-                desc=description,
-                unit="elem",
-                mininterval=REDRAW_SECONDS,
-                dynamic_ncols=True,
-            )
+    def describe(self, text: str) -> None: ...
 
-    @property
-    def shown(self) -> bool:
-        return self.bar is not None
+    def close(self) -> None: ...
+
+
+BarFactory = Callable[[int], Bar]  # total elements -> a bar
+
+
+class SilentBar:
+    """No bar: the check reports to nothing."""
 
     def advance(self, count: int) -> None:
-        """``count`` more elements checked (called once per chunk, not per element)."""
-        if self.bar is not None and count:
-            self.bar.update(count)
+        return None
 
     def describe(self, text: str) -> None:
-        """Name the tensor being checked, shown after the bar at its next redraw."""
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
+        return None
 
     def close(self) -> None:
-        """Finish the bar; an interrupted check leaves it short of its total."""
-        if self.bar is not None:
-            self.bar.close()
+        return None
+
+
+def open_bar(make_bar: BarFactory | None, total: int, show: bool) -> Bar:
+    """A bar from ``make_bar`` when one should show, else a silent one."""
+    if make_bar is None or not show or total <= 0:
+        return SilentBar()
+    return make_bar(total)
 
 
 def should_show(progress: bool | None, expected_seconds: float) -> bool:
