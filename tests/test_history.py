@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +19,12 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 from training_runs import deep_linear_run, xor_run
 
-from nbgradcheck.training.history import LiveDisplay, LossHistory, to_numpy
+import nbgradcheck
+from nbgradcheck.api.history import LossHistory
+from nbgradcheck.training.history import LossRecorder
 from nbgradcheck.training.stalls import find_stalls
+from nbgradcheck.training.values import to_numpy
+from nbgradcheck.views.live import LiveDisplay
 
 
 class FakeTensor:
@@ -346,3 +354,104 @@ def test_live_rendering_leaves_no_pyplot_figures():
     history._repr_mimebundle_()
     print(history, file=buffer)
     assert _pylab_helpers.Gcf.get_all_fig_managers() == []
+
+
+# ---------------------------------------------------------------------------- culprits
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda h: h.log(float("nan"), epoch=float("nan")), r"^epoch must be a finite number"),
+        (lambda h: h.log(1.0, epoch=np.inf), r"^epoch must be a finite number, got inf$"),
+        (lambda h: h.log(1.0, step=1.5), r"^step must be a whole number, got 1\.5$"),
+        (lambda h: h.log(1.0, step="3"), r"^step must be a real number, got '3'$"),
+        (lambda h: h.log(True), r"^loss must be a real number, got True$"),
+        (lambda h: h.log(1.0, grads={"W": None}), r"norm of grads\['W'\]"),
+        (lambda h: h.log(1.0, params={"b": "zero"}), r"^params\['b'\] must be an array"),
+        (lambda h: h.log(1.0, grads=7), r"^grads must be a dict .*got int$"),
+        (lambda h: h.log_norms(1.0, grad_norms={"W": "x"}), r"^grad_norms\['W'\] must be"),
+        (lambda h: h.from_losses([1.0, 0.5], epochs=[0]), r"^epochs has 1 values but losses"),
+        (lambda h: h.from_losses([1.0, "a"]), r"found 'a' at position 1$"),
+    ],
+)
+def test_bad_values_name_the_culprit_in_one_line(call, message):
+    history = LossHistory()
+    history.log(2.0, params={"b": np.zeros(2)})  # a previous state the bad call must keep
+    before = history.to_frame()
+    with pytest.raises(ValueError, match=message) as raised:
+        call(history)
+    assert "\n" not in str(raised.value)
+    pd.testing.assert_frame_equal(history.to_frame(), before)
+    assert list(history._previous_params) == ["b"]
+
+
+def test_torch_tensors_that_require_grad_are_logged():
+    import torch
+
+    weight = torch.tensor([3.0, 4.0], requires_grad=True)
+    loss = (weight**2).sum()
+    loss.backward()
+    history = LossHistory()
+    history.log(loss, epoch=torch.tensor(0), grads={"w": weight.grad}, params={"w": weight})
+    history.log(loss * 0.5, epoch=1, grads={"w": weight * 1.0}, params={"w": weight * 1.1})
+    frame = history.to_frame()
+    assert frame["loss"].tolist() == [25.0, 12.5]
+    assert frame["grad_norm"].tolist() == pytest.approx([10.0, 5.0])
+    assert frame["update_ratio"][1] == pytest.approx(0.1)
+
+
+def test_epochs_are_nullable_integers_and_fractions_stay_floats():
+    history = LossHistory()
+    history.log(1.0)
+    history.log(0.5, epoch=1)
+    epochs = history.to_frame()["epoch"]
+    assert str(epochs.dtype) == "Int64"
+    assert epochs.isna().tolist() == [True, False] and epochs[1] == 1
+    fractional = LossHistory.from_losses([1.0, 0.5], epochs=[0.5, 1.0])
+    assert fractional.to_frame()["epoch"].tolist() == [0.5, 1.0]
+
+
+# ---------------------------------------------------------------------------- layers
+
+TRAINING = Path(nbgradcheck.__file__).parent / "training"
+FORBIDDEN = ("matplotlib", "IPython", "ipywidgets", "nbgradcheck.views", "nbgradcheck.api")
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
+            modules |= {a.value for a in node.args if isinstance(a, ast.Constant)}
+    return modules
+
+
+@pytest.mark.parametrize("path", sorted(TRAINING.glob("*.py")), ids=lambda p: p.name)
+def test_the_training_layer_imports_no_views_and_no_display_library(path):
+    imported = imported_modules(path)
+    assert "numpy" in imported or path.name == "__init__.py"
+    bad = {m for m in imported if m.startswith(FORBIDDEN) or m.startswith("nbgradcheck.notebook")}
+    assert bad == set()
+
+
+def test_training_modules_load_without_display_libraries():
+    code = (
+        "import sys\n"
+        "import nbgradcheck.training.history, nbgradcheck.training.stalls\n"
+        "print(sorted(m for m in ('matplotlib', 'IPython', 'ipywidgets') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_pure_recorder_is_what_the_public_history_extends():
+    recorder = LossRecorder.from_losses([1.0, 0.5, 0.25])
+    assert not hasattr(recorder, "_repr_mimebundle_") and not hasattr(recorder, "live")
+    assert recorder.summary().startswith("LossRecorder: 3 steps |")
+    public = nbgradcheck.LossHistory.from_losses([1.0, 0.5, 0.25])
+    assert isinstance(public, LossRecorder) and public.summary().startswith("LossHistory: 3")
+    pd.testing.assert_frame_equal(public.to_frame(), recorder.to_frame())

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from training_runs import deep_linear_task, mode_plateaus
 
-from nbgradcheck.training.history import LossHistory
-from nbgradcheck.training.integrations import TorchRecorder, keras_callback, lightning_callback
+from nbgradcheck.api.history import LossHistory
+from nbgradcheck.api.integrations import TorchRecorder, keras_callback, lightning_callback
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
 try:
@@ -36,7 +36,7 @@ def one_torch_thread():
 def test_importing_the_package_modules_imports_no_framework():
     code = (
         "import sys\n"
-        "import nbgradcheck.training.integrations, nbgradcheck.training.history\n"
+        "import nbgradcheck.api.integrations, nbgradcheck.api.history\n"
         "import nbgradcheck.views.lossplot\n"
         "import nbgradcheck.training.stalls\n"
         "heavy = [m for m in ('torch', 'keras', 'lightning', 'pytorch_lightning', 'jax',"

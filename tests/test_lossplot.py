@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from training_runs import deep_linear_run, xor_run
 
-from nbgradcheck.training.history import LossHistory
+from nbgradcheck.api.history import LossHistory
+from nbgradcheck.api.history import as_loss_history as lossplot_from_value
 from nbgradcheck.training.stalls import analyze_stalls
-from nbgradcheck.views.lossplot import figure_to_png, lossplot_from_value, plot_loss
+from nbgradcheck.views.lossplot import figure_to_png, plot_loss, stall_table_html
 
 
 def with_gid(ax, gid):
@@ -196,3 +199,56 @@ def test_lossplot_from_a_dataframe_keeps_epochs_and_gradient_norms():
 def test_lossplot_from_value_rejects_wrong_input_clearly(value, error, message):
     with pytest.raises(error, match=message):
         lossplot_from_value(value)
+
+
+# ---------------------------------------------------------------------------- epoch labels
+
+
+def logged(epochs: np.ndarray, losses: np.ndarray) -> LossHistory:
+    history = LossHistory()
+    for epoch, loss in zip(epochs, losses, strict=True):
+        history.log(loss, epoch=int(epoch))
+    return history
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_table_text_html_and_figure_use_the_users_epoch_numbers(first):
+    epochs = np.repeat(np.arange(first, first + 100), 3)
+    history = logged(epochs, np.repeat(plateau_then_drop(100, 50), 3))
+    table = history.stalls
+    start, end = int(table["start"][0]), int(table["end"][0])
+    assert start == first  # the stall starts at the first epoch the user logged
+    converged = table.attrs["converged_from"]
+    text = history.summary()
+    assert f"1. epochs {start}–{end} " in text and f"converged from epoch {converged}" in text
+    assert history.status_line().startswith(f"LossHistory: 300 steps, epoch {first + 99} |")
+    html = history._repr_html_()
+    cells = re.findall(r"<td>([^<]*)</td>", html)
+    assert cells[:3] == [str(start), str(end), str(end - start + 1)]
+    figure = plot_loss(history)
+    ax = figure.axes[0]
+    (stall,) = with_gid(ax, "stall")
+    assert stall.get_x() == pytest.approx(start - 0.5)
+    assert stall.get_x() + stall.get_width() == pytest.approx(end + 0.5)
+    assert f"converged from epoch {converged}" in ax.get_title()
+    raw = with_gid(ax, "raw")[0].get_xdata()
+    assert first - 0.5 <= raw.min() and raw.max() <= first + 99.5
+
+
+def test_short_runs_have_whole_number_epoch_ticks():
+    figure = plot_loss([1.0, 0.6, 0.5, 0.45, 0.44, 0.44], epochs=[1, 2, 3, 4, 5, 6])
+    figure.canvas.draw()
+    ticks = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert ticks and all(re.fullmatch(r"−?\d+", t) for t in ticks), ticks
+    fractional = plot_loss([1.0, 0.6, 0.5, 0.45, 0.44, 0.44], epochs=np.arange(6) / 4)
+    assert fractional.axes[0].get_xlabel() == "epoch"
+
+
+def test_stall_table_scrolls_sideways_and_shows_missing_epochs_as_dashes():
+    history = LossHistory.from_losses(0.3 + 0.7 * np.exp(-np.arange(200) / 10))
+    history.stall_options["floor"] = 0.0  # stalled at the end: never recovered
+    html = stall_table_html(history.report)
+    assert html.startswith('<div class="nbgradcheck-stalls-scroll" style="overflow-x:auto">')
+    assert html.endswith("</table></div>")
+    assert "&lt;NA&gt;" not in html and "<td>–</td>" in html
+    assert history._repr_html_().count('style="overflow-x:auto"') == 1

@@ -78,3 +78,13 @@ def test_lossplot_mistakes_are_one_line_usage_errors(ip, source, message):
     error = outcome.error_in_exec
     assert isinstance(error, UsageError) and message in str(error)
     assert "\n" not in str(error)
+
+
+def test_lossplot_log_shows_the_scrolling_stall_table_numbered_as_the_figure(ip):
+    ip.push({"history": LossHistory.from_losses(PLATEAU, epochs=np.arange(1, 101))})
+    figure, table = shown(ip, "%lossplot --log history")
+    assert "image/png" in figure.data
+    assert 'style="overflow-x:auto"' in table.data["text/html"]
+    assert "<th>1</th>" in table.data["text/html"]  # stall 1, as labelled in the figure
+    start = ip.user_ns["history"].stalls["start"][0]
+    assert f"1. epochs {start}–" in table.data["text/plain"]

@@ -514,3 +514,87 @@ def test_quickstart_notebook_runs_in_a_kernel_and_shows_the_inspector():
         "PASSED"
         in outputs[next(k for k in outputs if k.startswith("%%gradcheck"))][0]["data"]["text/plain"]
     )
+
+
+# -- the magic checks exactly as check() does -------------------------------------------------
+
+
+@pytest.fixture
+def large_problem(ip):
+    """12,000 elements (more than auto mode checks one by one) with one wrong gradient."""
+    rng = np.random.default_rng(4)
+    big = {"W": rng.normal(size=(100, 100)), "b": rng.normal(size=2000)}
+    scale = {name: rng.uniform(0.5, 2.0, size=value.shape) for name, value in big.items()}
+    gradient = {f"d{name}": scale[name] * value for name, value in big.items()}
+    gradient["dW"][3, 7] *= 1.5  # the bug
+
+    def quadratic(p):
+        return float(sum(0.5 * np.sum(scale[k] * p[k] ** 2) for k in p))
+
+    ip.push({"big": big, "big_grads": gradient, "quadratic": quadratic})
+    return quadratic, big, gradient
+
+
+def same_result(a: GradCheckResult, b: GradCheckResult) -> None:
+    assert (a.mode, a.method, a.eps, a.tol) == (b.mode, b.method, b.eps, b.tol)
+    assert (a.passed, a.failing, a.names) == (b.passed, b.failing, b.names)
+    assert [t.verdict for t in a.tensors] == [t.verdict for t in b.tensors]
+    options = ("eps", "method", "mode", "sample", "tol", "seed", "progress", "executor", "n_jobs")
+    assert {k: a.rerun[k] for k in options} == {k: b.rerun[k] for k in options}
+
+
+@pytest.mark.parametrize("seed", [None, 0])
+def test_magic_checks_as_check_does_with_its_defaults(ip, large_problem, seed):
+    loss, params, grads = large_problem
+    option = "" if seed is None else f"--seed {seed} "
+    typed = {} if seed is None else {"seed": seed}
+    direct = nbgradcheck.check(loss, params, grads, progress=False, **typed)
+    magic = ip.run_line_magic("gradcheck", f"-q {option}--wrt big --grads big_grads quadratic(big)")
+    assert direct.mode == magic.mode == "fast"  # auto chose fast for both
+    same_result(magic, direct)
+    assert magic.failing == ["W"]
+    if seed is not None:  # the same random directions: the same numbers
+        assert magic.n_evaluations == direct.n_evaluations
+        assert magic.tensor("W").difference == direct.tensor("W").difference
+
+
+def test_only_the_options_typed_reach_check(ip, large_problem):
+    parser = magics.GradCheckMagics.gradcheck.parser
+    nothing = parser.parse_args(["--wrt", "p"])
+    assert magics.typed_check_options(nothing) == {}
+    typed = parser.parse_args(["--wrt", "p", "--sample", "3", "--tol", "1e-3", "--seed", "0"])
+    assert magics.typed_check_options(typed) == {
+        "mode": "sample",
+        "sample": 3,
+        "tol": 1e-3,
+        "seed": 0,
+    }
+    line = "-q --mode full --wrt big --grads big_grads quadratic(big)"
+    full = ip.run_line_magic("gradcheck", line)
+    assert full.mode == "full" and full.n_checked == 12_000 and full.failing == ["W"]
+
+
+@pytest.mark.parametrize(
+    "seed, message",
+    [
+        ("-1", "argument --seed: expected an integer from 0 to 4294967295, not '-1'"),
+        ("4294967296", "not '4294967296'"),
+        ("1.5", "not '1.5'"),
+        ("abc", "not 'abc'"),
+    ],
+)
+def test_bad_seeds_are_one_line_usage_errors(ip, net, seed, message):
+    source = f"%gradcheck --seed {seed} {CHECK.removeprefix('%gradcheck ')}"
+    assert message in usage_message(ip, source)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ("--mode fast --method complex", "mode='fast' needs real steps"),
+        ("--mode fast --sample 3", "sample=3 needs mode='sample'"),
+    ],
+)
+def test_errors_check_raises_are_one_line_usage_errors(ip, net, options, message):
+    source = f"%gradcheck {options} {CHECK.removeprefix('%gradcheck ')}"
+    assert message in usage_message(ip, source)

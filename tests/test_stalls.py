@@ -399,3 +399,84 @@ def test_stalls_do_not_depend_on_the_units_of_the_loss(losses, factor):
     b = find_stalls(losses * factor)
     assert spans(a) == spans(b)
     assert a.attrs["verdict"] == b.attrs["verdict"]
+
+
+# ---------------------------------------------------------------------------- tensors
+
+
+def test_tensors_that_require_grad_are_detached():
+    import torch
+
+    weight = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    values = plateau_then_drop()
+    losses = [weight * float(v) for v in values]  # each loss is part of a graph
+    assert all(loss.requires_grad for loss in losses)
+    expected = find_stalls(2.0 * values)
+    pd.testing.assert_frame_equal(find_stalls(losses), expected)
+    as_tensor = torch.tensor(values) * weight  # one 1-D tensor that requires grad
+    with_norms = find_stalls(as_tensor, grad_norms=[weight] * values.size)
+    assert spans(with_norms) == spans(expected) and with_norms["grad_norm"][0] == 2.0
+    epochs = [torch.tensor(i // 3) for i in range(values.size)]
+    assert find_stalls(losses, epochs=epochs)["start"][0] == 0
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def test_whole_number_epochs_stay_integers_with_missing_values_as_na():
+    table = find_stalls(plateau_then_drop(), epochs=np.arange(300) // 2)
+    assert table.attrs["verdict"] == "converged"
+    assert {str(table[c].dtype) for c in ("start", "end", "recovered_at")} == {"Int64"}
+    assert isinstance(table.attrs["converged_from"], int)
+    report = analyze_stalls(plateau_then_drop(), epochs=np.arange(300) // 2)
+    assert str(report.units["x_first"].dtype) == "Int64"
+    assert all(isinstance(v, int) for v in report.converged_span)
+    stuck = find_stalls(0.3 + 0.7 * np.exp(-np.arange(200) / 10), floor=0.0)
+    assert stuck["recovered_at"].isna().all() and str(stuck["recovered_at"].dtype) == "Int64"
+
+
+def test_fractional_epochs_stay_floats():
+    epochs = np.arange(300) / 4 + 0.5
+    table = find_stalls(plateau_then_drop(), epochs=epochs)
+    assert table["start"].dtype == np.float64
+    assert table["start"][0] == 0.5
+
+
+def test_the_users_epoch_numbers_label_every_row():
+    loss = plateau_then_drop()
+    from_zero = find_stalls(loss, epochs=np.arange(300))
+    from_one = find_stalls(loss, epochs=np.arange(1, 301))
+    assert from_zero["start"][0] == 0 and from_one["start"][0] == 1
+    assert (from_one["end"] - from_zero["end"]).tolist() == [1]
+    assert from_one.attrs["converged_from"] == from_zero.attrs["converged_from"] + 1
+    assert analyze_stalls(loss, epochs=np.arange(1, 301)).summary().count("1. epochs 1–") == 1
+
+
+# ---------------------------------------------------------------------------- culprits
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"losses": [1.0, 0.5, "x"]}, r"losses must be real numbers; found 'x' at position 2$"),
+        ({"losses": [1.0, None]}, r"found None at position 1$"),
+        ({"losses": [1.0, np.ones(2), 0.5]}, r"found shape \(2,\) at position 1$"),
+        ({"epochs": [0, 1, np.nan, 3, 4]}, r"epochs must be finite .*epochs\[2\] is nan$"),
+        ({"steps": [0, 1, 2, np.inf, 4]}, r"steps\[3\] is inf$"),
+        ({"epochs": [0, 1, 2]}, r"^epochs has 3 values but losses has 5$"),
+        ({"grad_norms": ["big"] * 5}, r"grad_norms must be real numbers; found 'big'"),
+        ({"losses": pd.Series([1.0, 0.5, 0.2, 0.1, 0.1], dtype="Float64").astype(bool)}, "dtype"),
+    ],
+)
+def test_bad_inputs_name_the_culprit_in_one_line(kwargs, message):
+    arguments = {"losses": [1.0, 0.8, 0.6, 0.5, 0.5], **kwargs}
+    with pytest.raises(ValueError, match=message) as raised:
+        find_stalls(**arguments)
+    assert "\n" not in str(raised.value)
+
+
+def test_nan_losses_are_divergence_and_nullable_series_are_accepted():
+    losses = pd.Series([1.0, 0.9, None, 0.5, 0.4, 0.3], dtype="Float64")  # <NA> like NaN
+    table = find_stalls(losses, epochs=pd.Series(range(6), dtype="Int64"))
+    assert table["likely_cause"].tolist() == ["divergence"]
+    assert (table["start"][0], table["end"][0], table["recovered_at"][0]) == (2, 2, 3)

@@ -1,8 +1,9 @@
 """IPython magics: ``%gradcheck`` / ``%%gradcheck``, and the extension hooks.
 
 A thin layer over :func:`nbgradcheck.check`: parse the options, evaluate the user's
-names and expressions in the notebook namespace, call ``check``, show the result.
-Mistakes in what the user typed become one-line :class:`UsageError`\\ s.
+names and expressions in the notebook namespace, call ``check`` with exactly the options
+the user typed (so the magic checks as ``check()`` would, with its defaults), show the
+result. Mistakes in what the user typed become one-line :class:`UsageError`\\ s.
 
 More magics slot in as further methods of :class:`GradCheckMagics` (or further classes
 in :data:`MAGIC_CLASSES`, which the extension hooks register and remove), reusing
@@ -32,8 +33,9 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from IPython.display import display
 
 from nbgradcheck.api.check import check
-from nbgradcheck.core.engine import METHODS, MODES
+from nbgradcheck.core.plan import MODES
 from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.core.schemes import METHODS
 from nbgradcheck.errors import GradCheckError
 
 # Code compiled from what the user typed gets a filename with this prefix, so an error
@@ -65,6 +67,22 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
     return int(text)
+
+
+SEED_LIMIT = 2**32  # NumPy's global RNG takes seeds in [0, 2**32)
+
+
+def seed_value(text: str) -> int:
+    """``--seed``: an integer NumPy's global RNG accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 0 to {SEED_LIMIT - 1}, not {text!r}"
+        )
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -361,17 +379,21 @@ class GradCheckMagics(Magics):
         "or a function returning it; quote an EXPR that contains spaces; leave "
         "it out for torch parameters to use autograd",
     )
-    @argument("--eps", type=eps_value, metavar="EPS|auto", help="step size (default 1e-6)")
-    @argument("--method", choices=METHODS, default="central", help="finite differences")
-    @argument("--mode", choices=MODES, help="check every element, or --sample N of each")
+    @argument("--eps", type=eps_value, metavar="EPS|auto", help="step size (default: as check())")
+    @argument("--method", choices=METHODS, help="finite differences (default: as check())")
+    @argument(
+        "--mode",
+        choices=MODES,
+        help="which elements: auto (default, as check()), full, sample or fast",
+    )
     @argument(
         "--sample",
         type=positive_int,
         metavar="N",
         help="check N elements of every tensor (implies --mode sample)",
     )
-    @argument("--tol", type=positive_float, default=1e-5, help="largest passing difference")
-    @argument("--seed", type=int, help="re-seed the RNGs before every evaluation (dropout)")
+    @argument("--tol", type=positive_float, help="largest passing difference (default: as check())")
+    @argument("--seed", type=seed_value, help="re-seed the RNGs before every evaluation (dropout)")
     @argument("-o", "--output", metavar="VAR", help="also store the result in VAR")
     @argument(
         "--no-widget", action="store_true", help="show the static report, not the inspector widget"
@@ -400,20 +422,11 @@ class GradCheckMagics(Magics):
         names = [name.strip() for name in options.wrt.split(",")]
         params = self.parameters(names)
         grads = self.gradients(options.grads, names)
-        mode = options.mode or ("sample" if options.sample else "full")
         quiet = options.quiet or silenced
-        result = check(
-            loss,
-            params,
-            grads,
-            eps=options.eps,
-            method=options.method,
-            mode=mode,
-            sample=options.sample,
-            tol=options.tol,
-            seed=options.seed,
-            progress=False if quiet else None,
-        )
+        typed = typed_check_options(options)
+        if quiet:
+            typed["progress"] = False
+        result = check(loss, params, grads, **typed)
         self.shell.user_ns[RESULT_VARIABLE] = result
         if options.output:
             self.namespace.store(options.output, result)
@@ -452,6 +465,20 @@ class GradCheckMagics(Magics):
         if len(names) > 1 and isinstance(value, (list, tuple)) and len(value) == len(names):
             return dict(zip(names, value))
         return value
+
+
+CHECK_OPTIONS = ("eps", "method", "mode", "sample", "tol", "seed")
+
+
+def typed_check_options(options: argparse.Namespace) -> dict[str, Any]:
+    """The ``check()`` options the user typed, and only those: the rest keep ``check()``'s
+    defaults. ``--sample N`` alone means ``mode="sample"``."""
+    typed = {
+        name: getattr(options, name) for name in CHECK_OPTIONS if getattr(options, name) is not None
+    }
+    if "sample" in typed and "mode" not in typed:
+        typed["mode"] = "sample"
+    return typed
 
 
 def strip_semicolon(line: str) -> tuple[str, bool]:
@@ -493,25 +520,31 @@ class LossPlotMagics(Magics):
         """%lossplot VAR: see LOSSPLOT_HELP (shown by %lossplot?)."""
         from IPython.display import Image
 
-        from nbgradcheck.views.lossplot import figure_to_png, lossplot_from_value, plot_loss
+        from nbgradcheck.api.history import as_loss_history
+        from nbgradcheck.views.lossplot import figure_to_png, plot_loss, stall_table_html
 
         options, expression = parse_magic_line(self.lossplot, line)
         if not expression:
             raise UsageError("%lossplot needs the losses to plot, e.g. %lossplot history")
         value = self.namespace.evaluate(expression, "%lossplot expression")
         try:
-            history = lossplot_from_value(value)
+            history = as_loss_history(value)
         except (TypeError, ValueError) as error:
             raise UsageError(one_line(str(error))) from None
         if options.output:
             self.namespace.store(options.output, history.stalls)
         if options.log:
-            display(Image(data=figure_to_png(plot_loss(history, log_scale=True))), history.stalls)
+            display(Image(data=figure_to_png(plot_loss(history, log_scale=True))))
+            table = {"text/plain": history.report.summary()}
+            table["text/html"] = stall_table_html(history.report)
+            display(table, raw=True)
         else:
             display(history)
 
 
-MAGIC_CLASSES: tuple[type[Magics], ...] = (GradCheckMagics, LossPlotMagics)
+from nbgradcheck.notebook.preflight_magics import PreflightMagics  # noqa: E402
+
+MAGIC_CLASSES: tuple[type[Magics], ...] = (GradCheckMagics, LossPlotMagics, PreflightMagics)
 
 
 # -- extension hooks ------------------------------------------------------------------------

@@ -1,68 +1,36 @@
-"""``LossHistory``: record a training run, find its stalls, show it live in a notebook.
+"""``LossRecorder``: record a training run and find its stalls (pure: NumPy and pandas).
 
 Works with any training loop: losses may be Python floats, NumPy scalars or framework
 tensors; gradients and parameters are dicts of arrays or tensors (converted through
 ``.detach().cpu().numpy()`` or ``np.asarray``, never by importing a framework).
+Showing a run (rich display, live view) is the job of
+:class:`nbgradcheck.api.history.LossHistory`, which adds display to this recorder.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import math
-import sys
-import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TextIO
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from nbgradcheck.training.stalls import StallReport, analyze_stalls, as_loss_array, plural
+from nbgradcheck.training.stalls import StallReport, analyze_stalls, plural
+from nbgradcheck.training.values import (
+    as_number,
+    as_series,
+    is_integral,
+    named_values,
+    norm,
+    to_numpy,
+)
 
-__all__ = ["LiveDisplay", "LossHistory", "to_numpy"]
+__all__ = ["LossRecorder"]
 
 _BASE_COLUMNS = ("step", "epoch", "loss", "diverged")
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """An array from a NumPy array, torch tensor, JAX array or anything ``np.asarray`` takes."""
-    if hasattr(value, "detach"):
-        value = value.detach()
-        if hasattr(value, "cpu"):
-            value = value.cpu()
-        try:
-            return value.numpy()
-        except TypeError:  # bfloat16 and other dtypes NumPy lacks
-            return value.float().numpy()
-    return np.asarray(value)
-
-
-def _to_float(value: Any, what: str) -> float:
-    array = to_numpy(value)
-    if array.size != 1:
-        raise ValueError(f"{what} must be a single number, got shape {array.shape}")
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"{what} must be a real number, got {value!r}")
-    return float(array.reshape(()))
-
-
-def _norm(value: Any) -> float:
-    array = to_numpy(value)
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"cannot take the norm of {type(value).__name__} ({array.dtype})")
-    return float(np.linalg.norm(array.astype(np.float64, copy=False).ravel()))
-
-
-def _named(values: Mapping[str, Any] | Iterable[tuple[str, Any]], what: str) -> dict[str, Any]:
-    if isinstance(values, Mapping):
-        return {str(name): value for name, value in values.items()}
-    try:
-        return {str(name): value for name, value in values}
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{what} must be a dict of name → array (or (name, array) pairs)"
-        ) from None
+Named = Mapping[str, Any] | Iterable[tuple[str, Any]]
+Recorder = TypeVar("Recorder", bound="LossRecorder")
 
 
 def _total(norms: Iterable[float]) -> float:
@@ -70,28 +38,48 @@ def _total(norms: Iterable[float]) -> float:
     return math.sqrt(sum(n * n for n in finite)) if finite else math.nan
 
 
-class LossHistory:
+def _epoch(value: Any) -> float:
+    if value is None:
+        return math.nan
+    epoch = as_number(value, "epoch")
+    if not math.isfinite(epoch):
+        raise ValueError(f"epoch must be a finite number, got {epoch}")
+    return epoch
+
+
+def _step(value: Any, previous: list[int]) -> int:
+    if value is None:
+        return previous[-1] + 1 if previous else 0
+    step = as_number(value, "step")
+    if not math.isfinite(step) or step != round(step):
+        raise ValueError(f"step must be a whole number, got {value!r}")
+    return int(step)
+
+
+def _parameter_array(name: str, value: Any) -> np.ndarray:
+    array = to_numpy(value)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(
+            f"params[{name!r}] must be an array of numbers, got {type(value).__name__} "
+            f"({array.dtype})"
+        )
+    return np.array(array, dtype=np.float64)
+
+
+class LossRecorder:
     """Records losses (and optionally gradient norms and update ratios) of a training run.
 
-    >>> history = LossHistory()
+    >>> history = LossRecorder()
     >>> for epoch in range(3):
     ...     history.log(1.0 / (epoch + 1), epoch=epoch)
     >>> history.to_frame()["loss"].round(3).tolist()
     [1.0, 0.5, 0.333]
 
     Args:
-        live: show a live plot (see :meth:`live`) from the first :meth:`log` on.
-        every: at most one live update per this many seconds.
         stall_options: keyword arguments for :func:`~nbgradcheck.training.stalls.find_stalls`.
     """
 
-    def __init__(
-        self,
-        *,
-        live: bool = False,
-        every: float = 1.0,
-        stall_options: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, *, stall_options: Mapping[str, Any] | None = None) -> None:
         self.stall_options: dict[str, Any] = dict(stall_options or {})
         self._steps: list[int] = []
         self._epochs: list[float] = []
@@ -99,9 +87,6 @@ class LossHistory:
         self._extra: list[dict[str, float]] = []
         self._previous_params: dict[str, np.ndarray] = {}
         self._report_cache: tuple[tuple, StallReport] | None = None
-        self._live: LiveDisplay | None = None
-        if live:
-            self.live(every=every)
 
     # ------------------------------------------------------------------ recording
 
@@ -111,8 +96,8 @@ class LossHistory:
         *,
         epoch: int | float | None = None,
         step: int | None = None,
-        grads: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
-        params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        grads: Named | None = None,
+        params: Named | None = None,
         **metrics: Any,
     ) -> None:
         """Record one step.
@@ -120,21 +105,28 @@ class LossHistory:
         Args:
             loss: the training loss (a number or a scalar tensor); NaN/inf is recorded as
                 divergence.
-            epoch: the epoch of this step; losses are averaged per epoch for stall finding.
+            epoch: the epoch of this step, as you count them (tables, plots and text show
+                the same numbers); losses are averaged per epoch for stall finding.
             step: the step number (default: one more than the last).
             grads: gradients by tensor name (arrays or tensors); their norms are recorded.
                 A scalar entry is taken as an already computed norm.
             params: parameters by tensor name, after the optimiser step; the ratio
                 ``|θ − θ_prev| / |θ_prev|`` to the previous call's parameters is recorded.
             **metrics: other numbers to keep (validation loss, accuracy, learning rate...).
+
+        Raises:
+            ValueError: a value that is not a number (naming it); nothing is recorded then.
         """
-        loss = _to_float(loss, "loss")  # first: a bad loss records nothing
+        as_number(loss, "loss")  # first: a bad value records nothing
+        _epoch(epoch)
+        _step(step, self._steps)
         grad_norms = None
         if grads is not None:
-            grad_norms = {name: _norm(g) for name, g in _named(grads, "grads").items()}
+            named = named_values(grads, "grads")
+            grad_norms = {name: norm(g, f"grads[{name!r}]") for name, g in named.items()}
         update_norms = param_norms = None
         if params is not None:
-            update_norms, param_norms = self._update_norms(_named(params, "params"))
+            update_norms, param_norms = self._update_norms(named_values(params, "params"))
         self.log_norms(
             loss,
             epoch=epoch,
@@ -161,32 +153,29 @@ class LossHistory:
         ``update_norms[name]`` is ``|θ − θ_prev|`` and ``param_norms[name]`` is
         ``|θ_prev|``; their ratio is the update/weight ratio.
         """
-        loss_value = _to_float(loss, "loss")
+        loss_value = as_number(loss, "loss")
+        epoch_value = _epoch(epoch)
+        step_value = _step(step, self._steps)
         row: dict[str, float] = {}
         if grad_norms:
-            norms = {name: float(v) for name, v in grad_norms.items()}
+            norms = {name: as_number(v, f"grad_norms[{name!r}]") for name, v in grad_norms.items()}
             row["grad_norm"] = _total(norms.values())
             row.update({f"grad_norm/{name}": v for name, v in norms.items()})
         if update_norms and param_norms:
             row.update(_update_ratios(update_norms, param_norms))
         for name, value in metrics.items():
-            row[name] = _to_float(value, f"metric {name!r}")
-        self._append(loss_value, epoch, step, row)
-
-    def _append(
-        self, loss: float, epoch: float | None, step: int | None, row: dict[str, float]
-    ) -> None:
-        if step is None:
-            step = self._steps[-1] + 1 if self._steps else 0
-        self._steps.append(int(step))
-        self._epochs.append(math.nan if epoch is None else _to_float(epoch, "epoch"))
-        self._losses.append(loss)
+            row[name] = as_number(value, f"metric {name!r}")
+        self._steps.append(step_value)
+        self._epochs.append(epoch_value)
+        self._losses.append(loss_value)
         self._extra.append(row)
-        if self._live is not None:
-            self._live.notify()
+        self._logged()
+
+    def _logged(self) -> None:
+        """Called after every recorded step (subclasses update their views here)."""
 
     def _update_norms(self, params: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-        current = {name: np.array(to_numpy(p), dtype=np.float64) for name, p in params.items()}
+        current = {name: _parameter_array(name, p) for name, p in params.items()}
         update_norms, param_norms = {}, {}
         for name, value in current.items():
             previous = self._previous_params.get(name)
@@ -210,11 +199,15 @@ class LossHistory:
     def to_frame(self) -> pd.DataFrame:
         """One row per logged step: ``step``, ``epoch``, ``loss``, ``diverged``, then
         ``grad_norm``, ``update_ratio`` (totals), metrics, and per-tensor
-        ``grad_norm/<name>`` and ``update_ratio/<name>`` columns when recorded."""
+        ``grad_norm/<name>`` and ``update_ratio/<name>`` columns when recorded.
+
+        Whole-number epochs are nullable integers (``Int64``; ``<NA>`` where no epoch
+        was given), fractional ones floats."""
+        epochs = pd.Series(self._epochs, dtype=np.float64)
         frame = pd.DataFrame(
             {
                 "step": np.asarray(self._steps, dtype=np.int64),
-                "epoch": np.asarray(self._epochs, dtype=np.float64),
+                "epoch": epochs.astype("Int64") if is_integral(epochs.to_numpy()) else epochs,
                 "loss": self.losses,
             }
         )
@@ -258,21 +251,21 @@ class LossHistory:
             return None
         return np.array([row.get(name, math.nan) for row in self._extra], dtype=np.float64)
 
-    # ------------------------------------------------------------------ display
+    # ------------------------------------------------------------------ text
 
     def summary(self) -> str:
         """Plain-text summary: size of the run, loss, verdict and stalls."""
         if not self._losses:
-            return "LossHistory: nothing logged yet"
+            return f"{type(self).__name__}: nothing logged yet"
         return f"{self.status_line()}\n{self.report.summary()}"
 
     def status_line(self) -> str:
-        """One line: steps, epochs, last and best loss, verdict and number of stalls."""
+        """One line: steps, last epoch, last and best loss, verdict and number of stalls."""
         if not self._losses:
-            return "LossHistory: nothing logged yet"
+            return f"{type(self).__name__}: nothing logged yet"
         losses = self.losses
         finite = losses[np.isfinite(losses)]
-        parts = [f"LossHistory: {plural(len(self), 'step')}"]
+        parts = [f"{type(self).__name__}: {plural(len(self), 'step')}"]
         epochs = np.asarray(self._epochs)
         if np.isfinite(epochs).any():
             parts[0] += f", epoch {_number(np.nanmax(epochs))}"
@@ -287,64 +280,20 @@ class LossHistory:
     def __repr__(self) -> str:
         return self.summary()
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": self.summary(), "text/html": self._repr_html_()}
-
-    def _repr_html_(self) -> str:
-        if not self._losses:
-            return "<p><b>LossHistory</b>: nothing logged yet</p>"
-        from nbgradcheck.views.lossplot import figure_to_png, plot_loss
-
-        png = base64.b64encode(figure_to_png(plot_loss(self))).decode("ascii")
-        return (
-            '<div class="nbgradcheck-losshistory">'
-            f"<p>{html.escape(self.status_line())}</p>"
-            f'<img src="data:image/png;base64,{png}" alt="loss curve"/>'
-            f"{_stall_table_html(self.report)}</div>"
-        )
-
-    # ------------------------------------------------------------------ live view
-
-    def live(self, *, every: float = 1.0, mode: str = "auto") -> LossHistory:
-        """Show this history live while it is logged, updating in place.
-
-        In a notebook one display (plot and stall table) is updated at most once every
-        ``every`` seconds, through a display handle: no flicker, and the cell's other
-        output stays. Elsewhere a one-line text summary is printed at the same rate.
-        ``mode`` is ``"auto"``, ``"display"`` or ``"text"``. Use as a context manager, or
-        call :meth:`finish`, to show the final state; in IPython this also happens when
-        the cell ends. Returns ``self``.
-        """
-        if every < 0:
-            raise ValueError(f"every must be >= 0 seconds, got {every}")
-        self._live = LiveDisplay(self, every=every, output=_live_output(mode))
-        return self
-
-    def finish(self) -> None:
-        """Show the final state of the live view and stop updating it."""
-        if self._live is not None:
-            self._live.flush()
-            self._live.close()
-            self._live = None
-
-    def __enter__(self) -> LossHistory:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.finish()
+    # ------------------------------------------------------------------ building
 
     @classmethod
     def from_losses(
-        cls,
+        cls: type[Recorder],
         losses: Any,
         *,
         epochs: Any = None,
         stall_options: Mapping[str, Any] | None = None,
-    ) -> LossHistory:
+    ) -> Recorder:
         """A history holding ``losses`` (one per step) and optionally their epochs."""
-        frame = pd.DataFrame({"loss": as_loss_array(losses, "losses")})
+        frame = pd.DataFrame({"loss": as_series(losses, "losses")})
         if epochs is not None:
-            epoch_values = as_loss_array(epochs, "epochs")
+            epoch_values = as_series(epochs, "epochs")
             if epoch_values.size != len(frame):
                 raise ValueError(
                     f"epochs has {epoch_values.size} values but losses has {len(frame)}"
@@ -354,20 +303,23 @@ class LossHistory:
 
     @classmethod
     def from_frame(
-        cls, frame: pd.DataFrame, *, stall_options: Mapping[str, Any] | None = None
-    ) -> LossHistory:
+        cls: type[Recorder],
+        frame: pd.DataFrame,
+        *,
+        stall_options: Mapping[str, Any] | None = None,
+    ) -> Recorder:
         """A history from a DataFrame with a ``loss`` column (as :meth:`to_frame` gives):
         ``epoch`` and ``step`` columns are used when present, other numeric columns
         (``grad_norm``, ``grad_norm/<name>``, metrics) are kept."""
         if "loss" not in frame.columns:
             raise ValueError(f"the DataFrame needs a 'loss' column; got {list(frame.columns)}")
-        losses = as_loss_array(frame["loss"], "loss column")
+        losses = as_series(frame["loss"], "loss column")
         history = cls(stall_options=stall_options)
         history._losses = losses.tolist()
         steps = frame["step"] if "step" in frame else np.arange(losses.size)
-        history._steps = [int(v) for v in as_loss_array(steps, "step column")]
+        history._steps = [int(v) for v in as_series(steps, "step column")]
         epochs = frame["epoch"] if "epoch" in frame else np.full(losses.size, math.nan)
-        history._epochs = as_loss_array(epochs, "epoch column").tolist()
+        history._epochs = as_series(epochs, "epoch column").tolist()
         extra_columns = [c for c in frame.select_dtypes("number").columns if c not in _BASE_COLUMNS]
         extra = frame[extra_columns].astype(np.float64)
         history._extra = [
@@ -405,139 +357,3 @@ def _ordered_columns(columns: Iterable[str]) -> list[str]:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
-
-
-def _stall_table_html(report: StallReport) -> str:
-    if report.table.empty:
-        return "<p>No stalls.</p>"
-    table = report.table.copy()
-    table.index = pd.RangeIndex(1, len(table) + 1, name="stall")
-    return table.to_html(
-        float_format=lambda v: f"{v:.4g}", na_rep="–", classes="nbgradcheck-stalls"
-    )
-
-
-# ---------------------------------------------------------------------------- live output
-
-
-class _DisplayOutput:
-    """Shows the history in one IPython display, updated in place through its handle."""
-
-    def __init__(self) -> None:
-        self.handle: Any = None
-        self._registered_shell: Any = None
-
-    def show(self, history: LossHistory) -> None:
-        from IPython.display import display
-
-        if self.handle is None:
-            self.handle = display(history, display_id=True)
-        else:
-            self.handle.update(history)
-
-    def new_cell(self) -> None:
-        """A new cell's logs start a new display (in that cell)."""
-        self.handle = None
-
-
-class _TextOutput:
-    """Prints the status line of the history (outside notebooks)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream
-
-    def show(self, history: LossHistory) -> None:
-        print(history.status_line(), file=self.stream or sys.stdout, flush=True)
-
-    def new_cell(self) -> None:
-        """Nothing to reset for printed lines."""
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
-
-
-def _live_output(mode: str) -> _DisplayOutput | _TextOutput:
-    if mode not in ("auto", "display", "text"):
-        raise ValueError(f"mode must be 'auto', 'display' or 'text', got {mode!r}")
-    if mode == "display" or (mode == "auto" and _in_notebook()):
-        return _DisplayOutput()
-    return _TextOutput()
-
-
-class LiveDisplay:
-    """Rate-bounded live view of a :class:`LossHistory`.
-
-    ``output`` has ``show(history)`` and ``new_cell()``; ``clock`` returns seconds. The
-    first log is shown at once, later ones at most once per ``every`` seconds; ``flush``
-    shows whatever is pending. In IPython, the pending state is flushed when the running
-    cell ends, and the next cell's logs open a new display.
-    """
-
-    def __init__(
-        self,
-        history: LossHistory,
-        *,
-        every: float,
-        output: Any,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.history = history
-        self.every = every
-        self.output = output
-        self.clock = clock
-        self.updates = 0
-        self._last: float | None = None
-        self._pending = False
-        self._shell: Any = None
-
-    def notify(self) -> None:
-        """A step was logged: show it now if the last update is old enough."""
-        self._pending = True
-        self._watch_cell_end()
-        now = self.clock()
-        if self._last is None or now - self._last >= self.every:
-            self._show(now)
-
-    def flush(self) -> None:
-        """Show the latest state if it has not been shown yet."""
-        if self._pending:
-            self._show(self.clock())
-
-    def close(self) -> None:
-        """Stop listening to IPython's cell events."""
-        if self._shell is not None:
-            self._shell.events.unregister("post_run_cell", self._after_cell)
-            self._shell = None
-
-    def _show(self, now: float) -> None:
-        self.output.show(self.history)
-        self.updates += 1
-        finished = self.clock()
-        # the next update waits `every` seconds of training, and at least as long as this
-        # one took to draw: drawing never takes more than half of the time
-        self._last = finished + max(0.0, finished - now - self.every)
-        self._pending = False
-
-    def _watch_cell_end(self) -> None:
-        if self._shell is not None:
-            return
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return
-        shell = get_ipython()
-        if shell is not None:
-            shell.events.register("post_run_cell", self._after_cell)
-            self._shell = shell
-
-    def _after_cell(self, result: Any = None) -> None:
-        self.flush()
-        self.output.new_cell()
-        self._last = None
-        self.close()

@@ -38,13 +38,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nbgradcheck.training.values import as_series, is_integral
+
 __all__ = [
     "CAUSES",
     "STALL_COLUMNS",
     "VERDICTS",
     "StallReport",
     "analyze_stalls",
-    "as_loss_array",
     "find_stalls",
 ]
 
@@ -147,54 +148,10 @@ def _describe_row(row: Any, unit_name: str) -> str:
 # ---------------------------------------------------------------------------- input checks
 
 
-def as_loss_array(values: Any, name: str = "losses") -> np.ndarray:
-    """Return ``values`` as a 1-D float64 array, or raise a ValueError saying what is wrong.
-
-    Accepts lists, tuples, NumPy arrays, pandas Series and tensors (``.detach().cpu()``).
-    """
-    if isinstance(values, pd.DataFrame):
-        raise ValueError(
-            f"{name} must be 1-D; got a DataFrame with columns {list(values.columns)}: "
-            "pass one column, e.g. df['loss']"
-        )
-    if hasattr(values, "detach"):
-        values = values.detach().cpu()
-    if isinstance(values, (str, bytes)):
-        raise ValueError(f"{name} must be numeric, got a string")
-    try:
-        array = np.asarray(values)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a flat sequence of numbers") from None
-    if array.ndim != 1:
-        raise ValueError(
-            f"{name} must be 1-D (one value per step); got an array of shape {array.shape}"
-        )
-    if array.size == 0:
-        raise ValueError(f"{name} is empty")
-    if array.dtype.kind in "OUS":
-        elements = values if isinstance(values, (list, tuple)) else array.tolist()
-        for value in elements:
-            if not _is_real(value):
-                raise ValueError(f"{name} must be real numbers; found {value!r}")
-    elif array.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
-    return array.astype(np.float64, copy=False)
-
-
-def _is_real(value: Any) -> bool:
-    if isinstance(value, (str, bytes, bool, complex, np.bool_)):
-        return False
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def _aligned(values: Any, name: str, length: int) -> np.ndarray | None:
     if values is None:
         return None
-    array = as_loss_array(values, name)
+    array = as_series(values, name)
     if array.size != length:
         raise ValueError(f"{name} has {array.size} values but losses has {length}")
     return array
@@ -215,6 +172,11 @@ class _Units:
     loss: np.ndarray
     grad: np.ndarray | None
     update: np.ndarray | None
+    integer_labels: bool = False  # epochs or steps are whole numbers: tables show integers
+
+    def label(self, value: Any) -> Any:
+        """A label as the user wrote it: an int for whole-number labels, else a float."""
+        return int(value) if self.integer_labels else float(value)
 
     def filled(self) -> _Units:
         """The same with NaN arrays for gradient norms and update ratios never given."""
@@ -264,6 +226,7 @@ def _aggregate(
     grads: np.ndarray | None,
     updates: np.ndarray | None,
     group: bool,
+    integer_labels: bool,
 ) -> _Units:
     if group:
         order, starts, unit_labels = _group_starts(labels)
@@ -273,7 +236,9 @@ def _aggregate(
     grad = _nan_group_means(grads, order, starts) if group else grads
     update = _nan_group_means(updates, order, starts) if group else updates
     index = np.arange(unit_labels.size)
-    return _Units(unit_labels, unit_labels, unit_labels, index, index, loss, grad, update)
+    return _Units(
+        unit_labels, unit_labels, unit_labels, index, index, loss, grad, update, integer_labels
+    )
 
 
 def _bin(units: _Units, max_points: int) -> _Units:
@@ -292,6 +257,7 @@ def _bin(units: _Units, max_points: int) -> _Units:
         loss=_group_means(units.loss, None, starts),
         grad=_nan_group_means(units.grad, None, starts),
         update=_nan_group_means(units.update, None, starts),
+        integer_labels=units.integer_labels,
     )
 
 
@@ -573,7 +539,7 @@ def _stall_rows(a: _Analysis, spans: list[_Span], fits: _WindowFits) -> tuple[li
                 "rel_improvement": rel,
                 "recovered": recovered_at is not None,
                 "recovered_at": (
-                    u.x_first[keep[recovered_at]] if recovered_at is not None else math.nan
+                    u.x_first[keep[recovered_at]] if recovered_at is not None else None
                 ),
                 "grad_norm": g,
                 "update_ratio": r,
@@ -602,7 +568,7 @@ def _divergence_rows(units: _Units) -> list[dict]:
                 "loss_end": float(units.loss[start]),
                 "rel_improvement": math.nan,
                 "recovered": bool(end + 1 < units.loss.size),
-                "recovered_at": units.x_first[end + 1] if end + 1 < units.loss.size else math.nan,
+                "recovered_at": units.x_first[end + 1] if end + 1 < units.loss.size else None,
                 "grad_norm": _nan_median(units.grad[start : end + 1]),
                 "update_ratio": _nan_median(units.update[start : end + 1]),
                 "likely_cause": "divergence",
@@ -630,23 +596,39 @@ def _terminal_count(ever_recovers: list[bool]) -> int:
     return count
 
 
-def _empty_table() -> pd.DataFrame:
-    return pd.DataFrame({name: pd.Series(dtype=object) for name in STALL_COLUMNS})
+_LABEL_COLUMNS = ("start", "end", "recovered_at")
+_COLUMN_TYPES = {
+    "length": "int64",
+    "loss_start": "float64",
+    "loss_end": "float64",
+    "rel_improvement": "float64",
+    "recovered": "bool",
+    "grad_norm": "float64",
+    "update_ratio": "float64",
+}
 
 
-def _table(rows: list[dict]) -> pd.DataFrame:
-    if not rows:
-        return _empty_table()
+def _labels(values: Any, integer: bool) -> pd.Series:
+    """Epochs or steps: nullable integers (``Int64``) when they are whole numbers."""
+    series = pd.Series(values, dtype="float64")
+    return series.astype("Int64") if integer else series
+
+
+def _table(rows: list[dict], units: _Units) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=list(STALL_COLUMNS))
+    for column in _LABEL_COLUMNS:
+        table[column] = _labels(table[column].to_numpy(dtype=np.float64), units.integer_labels)
+    table = table.astype(_COLUMN_TYPES)
     return table.sort_values("start", kind="stable").reset_index(drop=True)
 
 
 def _units_frame(units: _Units, smoothed_full: np.ndarray, flat_full: np.ndarray) -> pd.DataFrame:
+    whole_x = units.integer_labels and is_integral(units.x.astype(np.float64))
     return pd.DataFrame(
         {
-            "x": units.x,
-            "x_first": units.x_first,
-            "x_last": units.x_last,
+            "x": _labels(units.x, whole_x),
+            "x_first": _labels(units.x_first, units.integer_labels),
+            "x_last": _labels(units.x_last, units.integer_labels),
             "loss": units.loss,
             "smoothed": smoothed_full,
             "flat": flat_full,
@@ -736,25 +718,33 @@ def _prepared_units(
     losses: Any, epochs: Any, steps: Any, grad_norms: Any, update_ratios: Any, max_points: int
 ) -> tuple[_Units, str]:
     """Validated inputs, aggregated per epoch and binned; and the name of their unit."""
-    loss = as_loss_array(losses, "losses")
+    loss = as_series(losses, "losses")
     group = epochs is not None
     label_name = "epochs" if group else "steps"
     labels = _aligned(epochs if group else steps, label_name, loss.size)
     if labels is None:
         labels = np.arange(loss.size, dtype=np.float64)
-    if not np.all(np.isfinite(labels)):
-        raise ValueError(f"{label_name} must be finite numbers")
+    _check_finite(labels, label_name)
     grads = _aligned(grad_norms, "grad_norms", loss.size)
     updates = _aligned(update_ratios, "update_ratios", loss.size)
-    units = _bin(_aggregate(loss, labels, grads, updates, group), max_points).filled()
-    return units, "epoch" if group else "step"
+    units = _aggregate(loss, labels, grads, updates, group, is_integral(labels))
+    return _bin(units, max_points).filled(), "epoch" if group else "step"
+
+
+def _check_finite(labels: np.ndarray, name: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(labels))
+    if bad.size:
+        raise ValueError(
+            f"{name} must be finite numbers (one label per loss); {name}[{bad[0]}] is "
+            f"{labels[bad[0]]}"
+        )
 
 
 def _short_run_report(units: _Units, unit_name: str, settings: dict[str, Any]) -> StallReport:
     """Too few finite points for a slope test: only divergence is reported."""
     diverged = not np.isfinite(units.loss[-1])
     return StallReport(
-        table=_table(_divergence_rows(units)),
+        table=_table(_divergence_rows(units), units),
         verdict="diverged" if diverged else "too short",
         units=_units_frame(
             units,
@@ -780,7 +770,7 @@ def _run_report(
     smoothed = np.full(units.loss.size, np.nan)
     smoothed[keep] = a.transform.inverse(a.smoothed)
     return StallReport(
-        table=_table(rows + _divergence_rows(units)),
+        table=_table(rows + _divergence_rows(units), units),
         verdict="diverged" if not np.isfinite(units.loss[-1]) else verdict,
         units=_units_frame(units, smoothed, flat),
         unit_name=unit_name,
@@ -809,8 +799,8 @@ def _verdict(
     level = float(np.min(a.transform.inverse(a.smoothed[spans[first_terminal].start :])))
     if not _is_converged(a, level):
         return "stalled", None, None, rows
-    start = rows[first_terminal]["start"]
-    end = a.units.x_last[a.keep[-1]]  # converged until the end of the run
+    start = a.units.label(rows[first_terminal]["start"])
+    end = a.units.label(a.units.x_last[a.keep[-1]])  # converged until the end of the run
     return "converged", start, (start, end), rows[:first_terminal]
 
 

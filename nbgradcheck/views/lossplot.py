@@ -1,13 +1,17 @@
-"""Loss-curve figures with the stalls marked (matplotlib, no pyplot state: Agg-safe).
+"""The training-stalls view: loss figures with the stalls marked, and the stall table.
 
 :func:`plot_loss` draws raw and smoothed loss, shades stalled spans (labelled), the
 converged tail and divergence, marks recovery points, and adds a panel of per-tensor
-gradient norms when they were recorded. :func:`lossplot_from_value` is the entry point of
-the ``%lossplot`` magic.
+gradient norms when they were recorded (matplotlib, no pyplot state: Agg-safe).
+:func:`history_html` is the rich HTML of a recorded run: status line, figure and the
+stall table (:func:`stall_table_html`, which scrolls sideways instead of being cut).
+Epochs and steps are shown as the user logged them, whole numbers as integers.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,13 +19,21 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from nbgradcheck.training.history import LossHistory
-from nbgradcheck.training.stalls import StallReport, analyze_stalls, as_loss_array, plural
+from nbgradcheck.training.history import LossRecorder
+from nbgradcheck.training.stalls import StallReport, analyze_stalls, plural
+from nbgradcheck.training.values import as_series
 from nbgradcheck.views.figures import figure_png
 
-__all__ = ["figure_to_png", "lossplot_from_value", "plot_loss"]
+__all__ = [
+    "figure_to_png",
+    "history_html",
+    "loss_frame_from_dataframe",
+    "plot_loss",
+    "stall_table_html",
+]
 
 STALL_COLOR = "tab:orange"
 CONVERGED_COLOR = "tab:green"
@@ -37,18 +49,18 @@ def figure_to_png(figure: Figure, dpi: int = 96) -> bytes:
 # ---------------------------------------------------------------------------- inputs
 
 
-def _history_inputs(history: LossHistory) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _history_inputs(history: LossRecorder) -> tuple[pd.DataFrame, dict[str, Any]]:
     return history.to_frame(), dict(history.stall_options)
 
 
 def _frame_from_values(values: Any, epochs: Any, grad_norms: Any) -> pd.DataFrame:
     if isinstance(values, pd.DataFrame):
-        frame = _loss_frame_from_dataframe(values)
+        frame = loss_frame_from_dataframe(values)
     else:
-        losses = as_loss_array(values, "losses")
+        losses = as_series(values, "losses")
         frame = pd.DataFrame({"step": np.arange(losses.size), "loss": losses})
     if epochs is not None:
-        epoch_values = as_loss_array(epochs, "epochs")
+        epoch_values = as_series(epochs, "epochs")
         if epoch_values.size != len(frame):
             raise ValueError(f"epochs has {epoch_values.size} values but losses has {len(frame)}")
         frame["epoch"] = epoch_values
@@ -57,12 +69,13 @@ def _frame_from_values(values: Any, epochs: Any, grad_norms: Any) -> pd.DataFram
     return frame
 
 
-def _loss_frame_from_dataframe(frame: pd.DataFrame) -> pd.DataFrame:
+def loss_frame_from_dataframe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``loss`` column: itself, or its only numeric column renamed."""
     if "loss" in frame.columns:
         return frame.reset_index(drop=True)
     numeric = frame.select_dtypes("number").columns
     if len(numeric) == 1:
-        return pd.DataFrame({"loss": frame[numeric[0]].to_numpy()})
+        return pd.DataFrame({"loss": _floats(frame[numeric[0]])})
     raise ValueError(
         "a DataFrame needs a 'loss' column (or exactly one numeric column); "
         f"got columns {list(frame.columns)}"
@@ -73,7 +86,7 @@ def _grad_columns(grad_norms: Any, length: int) -> pd.DataFrame:
     named = grad_norms if isinstance(grad_norms, Mapping) else {"total": grad_norms}
     columns = {}
     for name, values in named.items():
-        array = as_loss_array(values, f"grad_norms[{name!r}]")
+        array = as_series(values, f"grad_norms[{name!r}]")
         if array.size != length:
             raise ValueError(
                 f"grad_norms[{name!r}] has {array.size} values but losses has {length}"
@@ -84,15 +97,25 @@ def _grad_columns(grad_norms: Any, length: int) -> pd.DataFrame:
     return frame
 
 
+def _floats(column: pd.Series) -> np.ndarray:
+    """A column as float64 (nullable integers too: ``<NA>`` becomes NaN)."""
+    return column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _epochs(frame: pd.DataFrame) -> pd.Series:
+    """Epoch of every row, missing ones taken from their neighbours."""
+    return pd.Series(_floats(frame["epoch"]), index=frame.index).ffill().bfill()
+
+
 def _report_for(frame: pd.DataFrame, options: Mapping[str, Any]) -> StallReport:
-    kwargs: dict[str, Any] = {"losses": frame["loss"].to_numpy()}
+    kwargs: dict[str, Any] = {"losses": _floats(frame["loss"])}
     if "epoch" in frame and frame["epoch"].notna().any():
-        kwargs["epochs"] = frame["epoch"].ffill().bfill().to_numpy()
+        kwargs["epochs"] = _epochs(frame).to_numpy()
     elif "step" in frame:
-        kwargs["steps"] = frame["step"].to_numpy(dtype=np.float64)
+        kwargs["steps"] = _floats(frame["step"])
     for column, name in (("grad_norm", "grad_norms"), ("update_ratio", "update_ratios")):
         if column in frame:
-            kwargs[name] = frame[column].to_numpy()
+            kwargs[name] = _floats(frame[column])
     return analyze_stalls(**kwargs, **options)
 
 
@@ -108,9 +131,9 @@ def _raw_positions(frame: pd.DataFrame, report: StallReport) -> np.ndarray:
     """x of every logged step: inside its epoch when epochs are known, else its step."""
     if report.unit_name != "epoch":
         if "step" in frame:
-            return frame["step"].to_numpy(dtype=np.float64)
+            return _floats(frame["step"])
         return np.arange(len(frame), dtype=np.float64)
-    epochs = frame["epoch"].ffill().bfill()
+    epochs = _epochs(frame)
     width = _spacing(epochs.to_numpy())
     grouped = epochs.groupby(epochs, sort=False)
     within = grouped.cumcount().to_numpy()
@@ -119,7 +142,7 @@ def _raw_positions(frame: pd.DataFrame, report: StallReport) -> np.ndarray:
 
 
 def _span_edges(report: StallReport, start: Any, end: Any) -> tuple[float, float]:
-    half = 0.5 * _spacing(report.units["x_first"].to_numpy())
+    half = 0.5 * _spacing(_floats(report.units["x_first"]))
     return float(start) - half, float(end) + half
 
 
@@ -135,7 +158,7 @@ def _decimated(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _draw_loss(ax: Axes, frame: pd.DataFrame, report: StallReport, log_scale: bool) -> None:
     x_raw = _raw_positions(frame, report)
-    loss = frame["loss"].to_numpy(dtype=np.float64)
+    loss = _floats(frame["loss"])
     units = report.units
     aggregated = len(units) < len(frame)
     ax.plot(
@@ -148,7 +171,7 @@ def _draw_loss(ax: Axes, frame: pd.DataFrame, report: StallReport, log_scale: bo
     )
     if aggregated and report.unit_name == "epoch" and len(units) <= 400:
         ax.plot(
-            units["x"],
+            _floats(units["x"]),
             units["loss"],
             "o",
             ms=2.5,
@@ -156,7 +179,8 @@ def _draw_loss(ax: Axes, frame: pd.DataFrame, report: StallReport, log_scale: bo
             label="epoch mean",
             gid="epoch-mean",
         )
-    ax.plot(units["x"], units["smoothed"], color="navy", lw=1.8, label="smoothed", gid="smoothed")
+    x = _floats(units["x"])
+    ax.plot(x, units["smoothed"], color="navy", lw=1.8, label="smoothed", gid="smoothed")
     if log_scale:
         ax.set_yscale("log")
     ax.set_ylabel("loss")
@@ -234,7 +258,7 @@ def _draw_recoveries(ax: Axes, report: StallReport) -> None:
     if rows.empty:
         return
     units = report.units.set_index("x_first")
-    x = rows["recovered_at"].to_numpy(dtype=np.float64)
+    x = _floats(rows["recovered_at"])
     y = units.loc[rows["recovered_at"], "smoothed"].to_numpy()
     ax.plot(x, y, "v", color="tab:green", ms=8, mec="darkgreen", label="recovery", gid="recovery")
 
@@ -244,9 +268,9 @@ def _draw_grad_norms(ax: Axes, frame: pd.DataFrame, report: StallReport) -> None
     columns = per_tensor or ["grad_norm"]
     x_raw = _raw_positions(frame, report)
     for column in columns:
-        values = frame[column].to_numpy(dtype=np.float64)
+        values = _floats(frame[column])
         if report.unit_name == "epoch" and len(report.units) < len(frame):
-            x, values = _epoch_means(x_raw, frame["epoch"].ffill().bfill(), values)
+            x, values = _epoch_means(x_raw, _epochs(frame), values)
         else:
             x, values = _decimated(x_raw, values)
         label = column.removeprefix("grad_norm/") if per_tensor else "total"
@@ -290,8 +314,8 @@ def plot_loss(
     """Plot a loss history with its stalls.
 
     Args:
-        history_or_losses: a :class:`~nbgradcheck.training.history.LossHistory`, a sequence or array
-            of losses, a pandas Series, or a DataFrame with a ``loss`` column (and optional
+        history_or_losses: a :class:`~nbgradcheck.LossHistory`, a sequence or array of
+            losses, a pandas Series, or a DataFrame with a ``loss`` column (and optional
             ``epoch``, ``step``, ``grad_norm/<name>`` columns, as ``LossHistory.to_frame``).
         epochs: epoch of each loss (for plain losses).
         grad_norms: gradient norms (for plain losses): one array, or a dict name → array
@@ -305,7 +329,7 @@ def plot_loss(
     Returns:
         A :class:`matplotlib.figure.Figure` (not registered with pyplot).
     """
-    if isinstance(history_or_losses, LossHistory):
+    if isinstance(history_or_losses, LossRecorder):
         if epochs is not None or grad_norms is not None:
             raise ValueError("epochs and grad_norms come from the LossHistory; do not pass them")
         frame, options = _history_inputs(history_or_losses)
@@ -329,7 +353,7 @@ def plot_loss(
         loss_ax,
         frame,
         report,
-        _auto_log_scale(frame["loss"].to_numpy()) if log_scale is None else log_scale,
+        _auto_log_scale(_floats(frame["loss"])) if log_scale is None else log_scale,
     )
     if has_grads:
         _draw_grad_norms(axes[1], frame, report)
@@ -342,32 +366,46 @@ def plot_loss(
         _draw_recoveries(loss_ax, report)
     loss_ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
     axes[-1].set_xlabel(report.unit_name)
+    if report.units["x_first"].dtype == "Int64":  # whole-number epochs or steps
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_title(_title(report) if title is None else title, fontsize=10)
     return figure
 
 
-def lossplot_from_value(value: Any) -> LossHistory:
-    """What ``%lossplot VAR`` shows for ``value``: a LossHistory (rich display: plot and
-    stall table). Accepts a LossHistory, a list/tuple/array of losses, a pandas Series or a
-    DataFrame with a ``loss`` column (or one numeric column).
+def figure_png_base64(figure: Figure) -> str:
+    """The figure as a base64 PNG, for an ``<img src="data:...">``."""
+    return base64.b64encode(figure_to_png(figure)).decode("ascii")
 
-    Raises:
-        TypeError: for values that are not loss histories or sequences of numbers.
-        ValueError: for empty, non-numeric or multi-dimensional values.
-    """
-    if isinstance(value, LossHistory):
-        if not len(value):
-            raise ValueError("the LossHistory is empty: log some losses first")
-        return value
-    if isinstance(value, (str, bytes, Mapping)) or np.isscalar(value):
-        raise TypeError(
-            f"%lossplot needs a LossHistory, a list/array of losses, a Series or a DataFrame "
-            f"with a 'loss' column; got {type(value).__name__}"
-        )
-    if isinstance(value, pd.DataFrame):
-        return LossHistory.from_frame(_loss_frame_from_dataframe(value))
-    if not hasattr(value, "__len__") and not hasattr(value, "__array__"):
-        raise TypeError(
-            f"%lossplot needs a LossHistory or a sequence of losses, got {type(value).__name__}"
-        )
-    return LossHistory.from_losses(value)
+
+def stall_table_html(report: StallReport) -> str:
+    """The stall table as HTML, numbered ``stall 1, 2, ...`` as in the figure and the text,
+    in a box that scrolls sideways instead of being cut off on narrow screens."""
+    if report.table.empty:
+        return "<p>No stalls.</p>"
+    table = report.table.copy()
+    table.index = pd.RangeIndex(1, len(table) + 1, name="stall")
+    for column in ("start", "end", "recovered_at"):  # to_html shows <NA> whatever na_rep
+        table[column] = [_label_or_dash(value) for value in table[column]]
+    body = table.to_html(
+        float_format=lambda v: f"{v:.4g}", na_rep="–", classes="nbgradcheck-stalls"
+    )
+    return f'<div class="nbgradcheck-stalls-scroll" style="overflow-x:auto">{body}</div>'
+
+
+def _label_or_dash(value: Any) -> str:
+    if pd.isna(value):
+        return "–"
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+
+
+def history_html(history: LossRecorder) -> str:
+    """Rich HTML of a recorded run: its status line, loss figure and stall table."""
+    if not len(history):
+        return f"<p><b>{type(history).__name__}</b>: nothing logged yet</p>"
+    png = figure_png_base64(plot_loss(history))
+    return (
+        '<div class="nbgradcheck-losshistory">'
+        f"<p>{html.escape(history.status_line())}</p>"
+        f'<img src="data:image/png;base64,{png}" alt="loss curve"/>'
+        f"{stall_table_html(history.report)}</div>"
+    )

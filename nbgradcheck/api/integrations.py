@@ -12,7 +12,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from nbgradcheck.training.history import LossHistory
+from nbgradcheck.api.history import LossHistory
+from nbgradcheck.training.history import LossRecorder
 
 __all__ = ["TorchRecorder", "keras_callback", "lightning_callback"]
 
@@ -40,13 +41,14 @@ class TorchRecorder:
 
     Args:
         module: the model (anything with ``named_parameters()``).
-        history: where to record (default: a new :class:`LossHistory`).
+        history: where to record (default: a new :class:`LossHistory`; any
+            :class:`~nbgradcheck.training.history.LossRecorder` will do).
         update_ratios: also record ``|θ − θ_prev| / |θ_prev|`` between calls; this keeps a
             copy of the parameters on their device, so switch it off for very large models.
     """
 
     def __init__(
-        self, module: Any, history: LossHistory | None = None, *, update_ratios: bool = True
+        self, module: Any, history: LossRecorder | None = None, *, update_ratios: bool = True
     ) -> None:
         if not hasattr(module, "named_parameters"):
             raise TypeError(f"TorchRecorder needs a torch.nn.Module, got {type(module).__name__}")
@@ -125,7 +127,7 @@ def _scalar_logs(logs: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def keras_callback(
-    history: LossHistory | None = None, *, per_batch: bool = False, update_ratios: bool = False
+    history: LossRecorder | None = None, *, per_batch: bool = False, update_ratios: bool = False
 ) -> Any:
     """A ``keras.callbacks.Callback`` that records the training loss into ``history``.
 
@@ -180,7 +182,7 @@ def _lightning_callback_base() -> type:
         return importlib.import_module("pytorch_lightning.callbacks").Callback
 
 
-def lightning_callback(history: LossHistory | None = None, *, update_ratios: bool = True) -> Any:
+def lightning_callback(history: LossRecorder | None = None, *, update_ratios: bool = True) -> Any:
     """A PyTorch Lightning ``Callback`` recording loss and gradient norms per training step.
 
     Gradient norms are taken in ``on_before_optimizer_step`` (unscaled, after gradient
