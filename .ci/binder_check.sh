@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Binder check: build a fresh virtual environment from binder/ the way mybinder.org does
-# (the Python of binder/runtime.txt, then `pip install -r binder/requirements.txt` in the
-# repository root) and run every notebook in it, top to bottom.
+# Binder check, in two steps:
+#
+# 1. `jupyter-repo2docker --no-build --debug .` (installed in a scratch environment when it
+#    is not on PATH) prints the Dockerfile mybinder.org would build, without Docker. The
+#    check fails when repo2docker refuses the configuration (it exits non-zero on, e.g., an
+#    invalid binder/runtime.txt), when the Dockerfile does not use runtime.txt's Python or
+#    does not install binder/requirements.txt after copying the repository (which
+#    `-e .` needs), or when requirements.txt does not install the package itself (`-e .`,
+#    with extras or not: with binder/ present, repo2docker ignores pyproject.toml).
+# 2. A fresh virtual environment built from binder/ the way mybinder.org does (the Python
+#    of binder/runtime.txt, then `pip install -r binder/requirements.txt` in the repository
+#    root) runs every notebook, top to bottom.
 #
 # usage: .ci/binder_check.sh [--local-torch]
 #
@@ -9,10 +18,6 @@
 #                  the pinned torch==X line from pip's configured indexes first and leave
 #                  out the --extra-index-url lines; everything else in the file is
 #                  installed exactly as Binder installs it.
-#
-# Then `jupyter-repo2docker --no-build --debug .` (installed in a scratch environment when
-# it is not on PATH) prints the Dockerfile mybinder.org would build, without Docker; the
-# script checks that it uses binder/runtime.txt's Python and binder/requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +40,35 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/binder-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+
+# 1. What mybinder.org would build (no Docker needed).
+grep -qE '^-e \.(\[[a-z0-9_,-]+\])?$' binder/requirements.txt \
+    || { echo "binder check: binder/requirements.txt does not install the package (-e .)" >&2
+         exit 1; }
+repo2docker=$(command -v jupyter-repo2docker || true)
+if [[ -z "$repo2docker" ]]; then
+    "$python" -m venv "$work/repo2docker"
+    "$work/repo2docker/bin/python" -m pip --quiet install jupyter-repo2docker
+    repo2docker=$work/repo2docker/bin/jupyter-repo2docker
+fi
+echo "binder check: jupyter-repo2docker $("$repo2docker" --version 2>&1 | tail -n 1)" \
+    "--no-build --debug ."
+dockerfile=$work/dockerfile.txt
+"$repo2docker" --no-build --debug . > "$dockerfile" 2>&1 \
+    || { cat "$dockerfile" >&2; echo "binder check: repo2docker refused binder/" >&2; exit 1; }
+grep -q "Building conda environment for python=$version" "$dockerfile" \
+    || { echo "binder check: repo2docker does not use python $version" >&2; exit 1; }
+copy_line=$(grep -n -m 1 '^COPY .* src/ ' "$dockerfile" | cut -d: -f1 || true)
+install_line=$(grep -n -m 1 'pip install --no-cache-dir -r "binder/requirements.txt"' \
+    "$dockerfile" | cut -d: -f1 || true)
+[[ -n "$install_line" ]] \
+    || { echo "binder check: repo2docker does not install binder/requirements.txt" >&2
+         exit 1; }
+[[ -n "$copy_line" && "$install_line" -gt "$copy_line" ]] \
+    || { echo "binder check: repo2docker installs binder/requirements.txt before copying" \
+              "the repository, so -e . would fail" >&2; exit 1; }
+
+# 2. Binder's environment, built fresh, runs every notebook.
 # Kernels and settings come from the fresh environment only, not from ~/.local or ~/.jupyter.
 export JUPYTER_DATA_DIR=$work/jupyter-data JUPYTER_CONFIG_DIR=$work/jupyter-config
 export JUPYTER_RUNTIME_DIR=$work/jupyter-runtime
@@ -97,20 +131,4 @@ if failed:
     sys.exit(f"binder check: {len(failed)} notebooks failed: {', '.join(failed)}")
 PYTHON
 
-# The Dockerfile mybinder.org would build (no Docker needed): binder/ is used, with the
-# Python of binder/runtime.txt, and binder/requirements.txt is installed.
-repo2docker=$(command -v jupyter-repo2docker || true)
-if [[ -z "$repo2docker" ]]; then
-    "$python" -m venv "$work/repo2docker"
-    "$work/repo2docker/bin/python" -m pip --quiet install jupyter-repo2docker
-    repo2docker=$work/repo2docker/bin/jupyter-repo2docker
-fi
-echo "binder check: jupyter-repo2docker --no-build --debug ."
-"$repo2docker" --no-build --debug . > "$work/dockerfile.txt" 2>&1 \
-    || { cat "$work/dockerfile.txt" >&2; exit 1; }
-grep -q "Building conda environment for python=$version" "$work/dockerfile.txt" \
-    || { echo "binder check: repo2docker does not use python $version" >&2; exit 1; }
-grep -q 'pip install --no-cache-dir -r "binder/requirements.txt"' "$work/dockerfile.txt" \
-    || { echo "binder check: repo2docker does not install binder/requirements.txt" >&2
-         exit 1; }
 echo "binder check: passed (${#notebooks[@]} notebooks)"

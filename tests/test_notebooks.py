@@ -10,19 +10,12 @@ stay clean; that is checked too.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
+import nbclient
 import nbformat
 import pytest
-
-nbclient = pytest.importorskip(
-    "nbclient", reason="nbclient runs the notebooks: pip install nbclient ipykernel"
-)
-pytest.importorskip(
-    "ipykernel", reason="the notebooks need a python3 kernel: pip install ipykernel"
-)
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -58,11 +51,6 @@ EXPECTED_TEXT = {
         "Gradient check PASSED",
         "['W1', 'b1']",
     ],
-}
-# Optional packages a notebook needs: skipped (with the reason) where they are missing.
-REQUIRES = {
-    "pytorch_custom_function.ipynb": ["torch"],
-    "parallel_dask.ipynb": ["distributed"],
 }
 EXCEPTION_LINE = re.compile(r"^\w*(Error|Exception)\b.*:", re.MULTILINE)
 
@@ -145,9 +133,6 @@ def test_notebook_is_committed_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_id)
 def test_notebook_runs_cleanly(path):
-    for module in REQUIRES.get(path.name, []):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{path.name} needs {module}, which is not installed")
     notebook = execute(path)
 
     problems = error_outputs(notebook)
