@@ -74,6 +74,10 @@ class ParameterAdapter(ABC):
         """The loss's argument with one tensor replaced by ``array`` (complex steps)."""
         raise GradCheckError("method='complex' is available for NumPy parameters only")
 
+    def perturbed_buffers(self) -> list[Any]:
+        """The arrays or tensors the check writes into (claimed against concurrent checks)."""
+        return []
+
     # -- randomness and global state -----------------------------------------------------
     @abstractmethod
     def reseed(self, seed: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from nbgradcheck.adapters.guard import claim
 from nbgradcheck.adapters.registry import parameter_set
 from nbgradcheck.core.engine import prepare, run_check
 from nbgradcheck.core.plan import MODES
@@ -81,6 +82,7 @@ def check(
     """
     scheme = validate_options(loss, method, mode, sample, tol, eps, seed)
     tol, sample = float(tol), None if sample is None else int(sample)
+    seed = None if seed is None else int(seed)
     if isinstance(params, Iterator):  # model.parameters(): a generator, read once
         params = list(params)
     rerun = dict(
@@ -98,22 +100,23 @@ def check(
         n_jobs=n_jobs,
     )
     parameters = parameter_set(params)
-    snapshot = parameters.snapshot()
-    restore_rng = parameters.rng_state()
     started = time.perf_counter()
-    try:
-        with parallel_evaluator(executor, n_jobs, loss, params, seed) as workers:
-            setup = prepare(loss, parameters, grads, seed, snapshot)
-            setup.make_bar = TqdmBar
-            if workers is not None:
-                setup.evaluator = workers.taking_over(setup)
-            result = run_check(setup, scheme, eps, mode, sample, tol, seed, progress)
-    except BaseException:
-        parameters.restore(snapshot)
-        raise
-    finally:
-        restore_rng()
-    parameters.ensure_unmodified(snapshot, "the loss")
+    with claim(parameters.perturbed_buffers(), parameters.names):
+        snapshot = parameters.snapshot()
+        restore_rng = parameters.rng_state()
+        try:
+            with parallel_evaluator(executor, n_jobs, loss, params, seed) as workers:
+                setup = prepare(loss, parameters, grads, seed, snapshot)
+                setup.make_bar = TqdmBar
+                if workers is not None:
+                    setup.evaluator = workers.taking_over(setup)
+                result = run_check(setup, scheme, eps, mode, sample, tol, seed, progress)
+        except BaseException:
+            parameters.restore(snapshot)
+            raise
+        finally:
+            restore_rng()
+        parameters.ensure_unmodified(snapshot, "the loss")
     result.duration_s = time.perf_counter() - started
     result.rerun = rerun
     if not result.complete:

@@ -199,7 +199,9 @@ def run_check(
         return fast_check(setup, scheme, eps, tol, seed, progress, notes)
     plans = plan_tensors(setup.params, scheme, eps, mode, sample, seed, setup.unit_roundoff)
     tensors, evaluations, complete = check_plans(plans, setup, scheme, tol, progress)
-    evaluations += probe_repeatability(tensors, setup) if complete else 0
+    if complete:
+        spent, complete = probe_repeatability(tensors, setup)
+        evaluations += spent
     notes += result_notes(tensors, setup, scheme)
     return GradCheckResult(
         tensors,
@@ -228,13 +230,13 @@ def check_plans(
     try:
         for plan in plans:
             bar.describe(plan.name)
-            outputs: Outputs = ([], [])
+            outputs = Outputs.for_plan(plan, scheme)
             try:
                 if complete:
                     setup.evaluator.element_losses(plan, scheme, outputs, bar.advance, chunk)
             except KeyboardInterrupt:
                 complete = False
-            evaluations += len(outputs[0]) + len(outputs[1])
+            evaluations += outputs.evaluations
             tensor = measure_tensor(plan, setup, scheme, outputs, tol)
             try:
                 if complete and scheme.real_steps:
@@ -291,12 +293,12 @@ def re_estimate(
         sub = sub_plan(plan, positions, plan.steps[positions] / REFINE_FACTOR**level, scheme)
     except GradCheckError:  # the smaller step rounds away in this dtype
         return 0, 0
-    outputs: tuple[list, list] = ([], [])
+    outputs = Outputs.for_plan(sub, scheme)
     setup.evaluator.element_losses(sub, scheme, outputs, ignore_tick, chunk)
     refined = measure_tensor(sub, setup, scheme, outputs, tol)
     agreeing = ~refined.element_failing
     tensor.adopt(positions, refined, agreeing)
-    return int(agreeing.sum()), len(outputs[0]) + len(outputs[1])
+    return int(agreeing.sum()), outputs.evaluations
 
 
 # -- from loss values to measurements ---------------------------------------------------------
@@ -305,28 +307,33 @@ def re_estimate(
 def measure_tensor(
     plan: TensorPlan, setup: CheckSetup, scheme: Scheme, outputs: Outputs, tol: float
 ) -> TensorCheck:
-    """Numeric gradient, round-off floor and kinks from the recorded loss values."""
+    """Numeric gradient, round-off floor and kinks from the recorded loss values (NaN
+    where ``outputs`` holds none: an interrupted check)."""
     count = plan.indices.size
     reject_non_finite(plan, outputs)
-    if not scheme.real_steps and outputs[0] and not isinstance(outputs[0][0], complex):
-        raise LossError(
-            "with method='complex' the loss returned a real number for complex parameters: "
-            "something in it (float(), np.real, .astype(float), abs) drops the imaginary "
-            "part; make it complex-safe or use method='central'"
-        )
     j0 = setup.loss_value
-    values = plan.values.astype(np.float64)
-    up = np.real(plan.plus).astype(np.float64) - values
-    down = values - np.real(plan.minus).astype(np.float64)
-    loss_minus = padded(outputs[1], count)
-    loss_plus = padded(outputs[0], count, complex if not scheme.real_steps else float)
+    values = plan.values.astype(np.float64, copy=False)
+    up = np.real(plan.plus).astype(np.float64, copy=False) - values
+    down = values - np.real(plan.minus).astype(np.float64, copy=False)
+    loss_plus, loss_minus = outputs.plus, outputs.minus
     numeric, step, loss_plus = scheme.estimate(j0, loss_plus, loss_minus, up, down, plan.steps)
     noise = scheme.noise(setup.unit_roundoff, j0, loss_plus, loss_minus, step)
     analytic_full = setup.analytic[plan.position]
-    analytic = analytic_full.reshape(-1)[plan.indices]
+    analytic = gathered(analytic_full.reshape(-1), plan.indices)
     kink = np.zeros(count, dtype=bool)
     if scheme.sees_kinks:
-        kink = kink_crossings(numeric, analytic, j0, loss_plus, loss_minus, up, down, noise, tol)
+        for part in blocks(count):
+            kink[part] = kink_crossings(
+                numeric[part],
+                analytic[part],
+                j0,
+                loss_plus[part],
+                loss_minus[part],
+                up[part],
+                down[part],
+                noise[part],
+                tol,
+            )
     return TensorCheck(
         plan.name,
         plan.shape,
@@ -345,24 +352,42 @@ def measure_tensor(
     )
 
 
-def padded(values: list, count: int, dtype: type = float) -> np.ndarray:
-    """``values`` as an array of length ``count``, NaN after an interruption."""
-    out = np.full(count, np.nan, dtype=dtype)
-    out[: len(values)] = values[:count]
-    return out
+# Per-element arithmetic with temporaries (kink detection) runs over blocks this long, so
+# that a million-element tensor needs no dozen million-element temporaries at once.
+BLOCK_ELEMENTS = 65536
 
 
-def reject_non_finite(plan: TensorPlan, outputs: tuple[list, list]) -> None:
+def blocks(count: int) -> list[slice]:
+    return [slice(start, start + BLOCK_ELEMENTS) for start in range(0, count, BLOCK_ELEMENTS)]
+
+
+def gathered(flat: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``flat[indices]``; the array itself (no copy) when the indices are all of it."""
+    return flat if is_everything(indices, flat.size) else flat[indices]
+
+
+def is_everything(indices: np.ndarray, size: int) -> bool:
+    """True when ``indices`` is 0, 1, ..., size − 1 (compared block by block)."""
+    if indices.size != size:
+        return False
+    return all(
+        np.array_equal(indices[part], np.arange(part.start, min(part.stop, size)))
+        for part in blocks(size)
+    )
+
+
+def reject_non_finite(plan: TensorPlan, outputs: Outputs) -> None:
     """Raise NonFiniteLossError naming the first element whose perturbation broke J."""
-    for losses, side, shifted in zip(outputs, ("+ε", "−ε"), (plan.plus, plan.minus)):
-        finite = np.isfinite(np.asarray(losses, dtype=complex))
+    for side, sign, shifted in zip((0, 1), ("+ε", "−ε"), (plan.plus, plan.minus)):
+        losses = outputs.recorded(side)
+        finite = np.isfinite(losses)
         if finite.all():
             continue
         j = int(np.argmin(finite))
         where = format_index(np.unravel_index(int(plan.indices[j]), plan.shape))
         raise NonFiniteLossError(
             f"the loss became {losses[j]} when {plan.name}{where} was perturbed "
-            f"({side}) from {plan.values[j]!r} to {shifted[j]!r}; parameters restored"
+            f"({sign}) from {plan.values[j]!r} to {shifted[j]!r}; parameters restored"
         )
 
 

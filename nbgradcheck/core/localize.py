@@ -556,13 +556,13 @@ class TensorSearch:
         if not indices.size:
             return
         plan = self.element_plan(indices)
-        outputs: Outputs = ([], [])
+        outputs = Outputs.for_plan(plan, self.scheme)
         interrupted = False
         try:
             self.setup.evaluator.element_losses(plan, self.scheme, outputs, ignore_tick, self.chunk)
         except KeyboardInterrupt:
             interrupted = True
-        self.element_evaluations += len(outputs[0]) + len(outputs[1])
+        self.element_evaluations += outputs.evaluations
         tensor = measure_tensor(plan, self.setup, self.scheme, outputs, self.tol)
         self.checks.append(tensor)
         self.checked[indices] = True
@@ -688,7 +688,8 @@ def fast_check(
     tensors = [search.result() for search in searches]
     evaluations = 2 + sum(s.directional_evaluations + s.element_evaluations for s in searches)
     if complete:
-        evaluations += probe_repeatability(tensors, setup)
+        spent, complete = probe_repeatability(tensors, setup)
+        evaluations += spent
     notes = notes + fast_notes(tensors)
     notes += result_notes(tensors, setup, scheme)
     return GradCheckResult(
@@ -731,19 +732,29 @@ def fast_notes(tensors: list[TensorCheck]) -> list[str]:
     return notes
 
 
-def probe_repeatability(tensors: list[TensorCheck], setup: CheckSetup) -> int:
+def probe_repeatability(tensors: list[TensorCheck], setup: CheckSetup) -> tuple[int, bool]:
     """Evaluate J once more at the unperturbed parameters when some tensor fails.
 
     A different value than at the start means the loss is random (a data loader or
     dropout the two evaluations before the check did not reveal): the failing tensors
-    are marked ``repeatable=False``. Returns the number of evaluations (0 or 1).
+    are marked ``repeatable=False``. Returns the number of evaluations (0 or 1) and
+    whether the check is still complete (False after Ctrl-C here).
     """
     failing = [t for t in tensors if not t.passed]
     if not failing:
-        return 0
-    value = setup.evaluate()
+        return 0, True
+    try:
+        value = setup.evaluate()
+    except KeyboardInterrupt:
+        return 0, False
+    if not np.isfinite(value):
+        raise NonFiniteLossError(
+            f"the loss became {value} at the unperturbed parameters when evaluated again "
+            f"after the perturbations (it was {setup.loss_value!r} at the start): it depends "
+            f"on something the check does not restore; parameters restored"
+        )
     first = setup.loss_value
     same = value == first or abs(value - first) <= 4 * np.finfo(float).eps * abs(first)
     for tensor in failing:
         tensor.repeatable = bool(same)
-    return 1
+    return 1, True
