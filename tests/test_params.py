@@ -319,3 +319,23 @@ def test_parameters_from_a_generator_can_be_rechecked():
     result = ng.check(loss, (a for a in arrays), [2 * a for a in arrays])
     assert result.passed and result.recheck(eps=1e-5).passed
     assert recheck_tensor(result, "p1", eps=1e-4).passed
+
+
+def test_a_gradient_differing_only_in_unit_dimensions_is_accepted_with_a_note():
+    import nbgradcheck as ng
+
+    rng = np.random.default_rng(0)
+    params = {"W": rng.normal(size=(3, 5)), "b": rng.normal(size=(1, 5))}
+    x = rng.normal(size=(4, 3))
+
+    def loss(p):
+        return float(np.sum(np.tanh(x @ p["W"] + p["b"])))
+
+    z = 1 - np.tanh(x @ params["W"] + params["b"]) ** 2
+    grads = {"W": x.T @ z, "b": z.sum(axis=0)}  # b's gradient as (5,)
+    result = ng.check(loss, params, grads)
+    assert result.passed
+    assert any("(5,)" in note and "(1, 5)" in note for note in result.notes)
+    wrong = dict(grads, b=grads["b"][:4])
+    with pytest.raises(ng.GradientError, match="shape"):
+        ng.check(loss, params, wrong)

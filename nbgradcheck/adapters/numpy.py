@@ -67,6 +67,7 @@ class ParameterSet(ParameterAdapter):
         # loss makes the user's object read-only or reshapes it.
         self.buffers = [np.ndarray.view(a, np.ndarray) for a in self.arrays]
         self.reference: list[np.ndarray] | None = None  # flat values at the snapshot
+        self.gradient_notes: list[str] = []  # gradients accepted after a reshape
 
     @classmethod
     def from_user(cls, params: Any) -> ParameterSet:
@@ -111,11 +112,12 @@ class ParameterSet(ParameterAdapter):
     @property
     def notes(self) -> list[str]:
         """Empty parameters among non-empty ones: named, since nothing of them is checked."""
+        notes = list(self.gradient_notes)
         empty = [n for n, a in zip(self.names, self.buffers) if a.size == 0]
-        if not empty:
-            return []
-        verb = "is" if len(empty) == 1 else "are"
-        return [f"{', '.join(empty)} {verb} empty (no elements): nothing to check there"]
+        if empty:
+            verb = "is" if len(empty) == 1 else "are"
+            notes.append(f"{', '.join(empty)} {verb} empty (no elements): nothing to check there")
+        return notes
 
     def argument(self) -> Any:
         """What ``loss(params)`` receives; perturbations are visible through it."""
@@ -324,8 +326,9 @@ class ParameterSet(ParameterAdapter):
             raw, ignored = self._match_gradient_sequence(grads), []
         else:
             raw, ignored = [grads], []
+        self.gradient_notes = []
         matched = [
-            validated_gradient(name, g, array)
+            validated_gradient(name, g, array, self.gradient_notes)
             for name, g, array in zip(self.names, raw, self.buffers)
         ]
         return matched, ignored
@@ -664,8 +667,15 @@ def modification_message(found: list[tuple[str, str]], culprit: str, stuck: list
 # -- gradients ------------------------------------------------------------------------------
 
 
-def validated_gradient(name: str, grad: Any, param: np.ndarray) -> np.ndarray:
-    """A float64 copy of ``grad``, checked against ``param``'s shape and for NaN."""
+def validated_gradient(
+    name: str, grad: Any, param: np.ndarray, notes: list[str] | None = None
+) -> np.ndarray:
+    """A float64 copy of ``grad``, checked against ``param``'s shape and for NaN.
+
+    A gradient whose shape differs from the parameter's only in dimensions of size 1 (a
+    bias stored as (1, M) with a gradient of shape (M,)) is accepted, reshaped, and said
+    so in ``notes``.
+    """
     if hasattr(grad, "detach"):  # a torch tensor given for a NumPy parameter
         grad = grad.detach().cpu().numpy()
     if np.ma.isMaskedArray(grad):  # the loss does not depend on masked elements
@@ -677,7 +687,15 @@ def validated_gradient(name: str, grad: Any, param: np.ndarray) -> np.ndarray:
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise GradientError(f"gradient of {name} has dtype {array.dtype}: expected real numbers")
     if array.shape != param.shape:
-        raise GradientError(shape_mismatch_message(name, array.shape, param.shape))
+        if not differs_in_unit_dimensions(array.shape, param.shape):
+            raise GradientError(shape_mismatch_message(name, array.shape, param.shape))
+        if notes is not None:
+            notes.append(
+                f"the gradient of {name} has shape {array.shape} and {name} has shape "
+                f"{param.shape}: compared element by element (they differ only in "
+                f"dimensions of size 1)"
+            )
+        array = array.reshape(param.shape)
     if not np.all(np.isfinite(array)):
         where = np.unravel_index(int(np.argmin(np.isfinite(array))), array.shape)
         raise GradientError(
@@ -685,6 +703,11 @@ def validated_gradient(name: str, grad: Any, param: np.ndarray) -> np.ndarray:
             f"backprop produced a non-finite value"
         )
     return np.asarray(array.astype(np.float64))
+
+
+def differs_in_unit_dimensions(first: tuple, second: tuple) -> bool:
+    """Same elements in the same order once dimensions of size 1 are dropped."""
+    return tuple(n for n in first if n != 1) == tuple(n for n in second if n != 1)
 
 
 def shape_mismatch_message(name: str, grad_shape: tuple, param_shape: tuple) -> str:
