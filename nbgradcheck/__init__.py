@@ -31,13 +31,15 @@ _LAZY = {
     "relative_difference": "nbgradcheck.core.result",
     "EpsSweep": "nbgradcheck.api.sweep",
     "sweep_eps": "nbgradcheck.api.sweep",
-    "LossHistory": "nbgradcheck.training.history",
+    "preflight": "nbgradcheck.api.preflight",
+    "PreflightReport": "nbgradcheck.api.preflight",
+    "LossHistory": "nbgradcheck.api.history",
     "StallReport": "nbgradcheck.training.stalls",
     "analyze_stalls": "nbgradcheck.training.stalls",
     "find_stalls": "nbgradcheck.training.stalls",
-    "TorchRecorder": "nbgradcheck.training.integrations",
-    "keras_callback": "nbgradcheck.training.integrations",
-    "lightning_callback": "nbgradcheck.training.integrations",
+    "TorchRecorder": "nbgradcheck.api.integrations",
+    "keras_callback": "nbgradcheck.api.integrations",
+    "lightning_callback": "nbgradcheck.api.integrations",
     "plot_loss": "nbgradcheck.views.lossplot",
 }
 
@@ -51,6 +53,7 @@ __all__ = [
     "NonFiniteLossError",
     "ParameterError",
     "ParametersModifiedError",
+    "PreflightReport",
     "RandomLossError",
     "StallReport",
     "TorchRecorder",
@@ -62,6 +65,7 @@ __all__ = [
     "lightning_callback",
     "load_ipython_extension",
     "plot_loss",
+    "preflight",
     "relative_difference",
     "sweep_eps",
     "unload_ipython_extension",
@@ -69,10 +73,11 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbgradcheck.api.check import check
+    from nbgradcheck.api.preflight import PreflightReport, preflight
     from nbgradcheck.api.sweep import EpsSweep, sweep_eps
     from nbgradcheck.core.result import GradCheckResult, relative_difference
-    from nbgradcheck.training.history import LossHistory
-    from nbgradcheck.training.integrations import (
+    from nbgradcheck.api.history import LossHistory
+    from nbgradcheck.api.integrations import (
         TorchRecorder,
         keras_callback,
         lightning_callback,
