@@ -17,9 +17,10 @@ import numpy as np
 
 from nbgradcheck.adapters.guard import claim
 from nbgradcheck.adapters.registry import parameter_set
-from nbgradcheck.core.engine import prepare, run_check
+from nbgradcheck.core.engine import prepare
 from nbgradcheck.core.plan import MODES
 from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.core.run import run_check
 from nbgradcheck.core.schemes import FAST_NEEDS_REAL_STEPS, Scheme, scheme_for
 from nbgradcheck.errors import GradCheckError
 from nbgradcheck.parallel.executor import parallel_evaluator

@@ -28,9 +28,9 @@ from nbgradcheck.core.evaluate import (
     make_evaluator,
     takes_argument,
 )
-from nbgradcheck.core.plan import TensorPlan, choose_mode, plan_tensors, resolve_eps, sub_plan
+from nbgradcheck.core.plan import TensorPlan, sub_plan
 from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
-from nbgradcheck.core.result import GradCheckResult, TensorCheck
+from nbgradcheck.core.result import TensorCheck
 from nbgradcheck.core.schemes import Scheme
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
 
@@ -177,43 +177,6 @@ def gradients_at_start(
 
 
 # -- the check --------------------------------------------------------------------------------
-
-
-def run_check(
-    setup: CheckSetup,
-    scheme: Scheme,
-    eps: float | str | None,
-    mode: str,
-    sample: int | None,
-    tol: float,
-    seed: int | None,
-    progress: bool | None,
-) -> GradCheckResult:
-    """Full, sample or fast mode over every tensor; the result of the whole check."""
-    from nbgradcheck.core.localize import fast_check, probe_repeatability
-
-    notes = list(setup.notes)
-    eps = resolve_eps(eps, scheme, setup.params, notes)
-    mode = choose_mode(mode, scheme, setup.params.shapes, setup.evaluator.workers, notes)
-    if mode == "fast":
-        return fast_check(setup, scheme, eps, tol, seed, progress, notes)
-    plans = plan_tensors(setup.params, scheme, eps, mode, sample, seed, setup.unit_roundoff)
-    tensors, evaluations, complete = check_plans(plans, setup, scheme, tol, progress)
-    if complete:
-        spent, complete = probe_repeatability(tensors, setup)
-        evaluations += spent
-    notes += result_notes(tensors, setup, scheme)
-    return GradCheckResult(
-        tensors,
-        scheme.name,
-        eps,
-        mode,
-        tol,
-        evaluations,
-        setup.loss_value,
-        complete=complete,
-        notes=notes,
-    )
 
 
 def check_plans(
@@ -443,3 +406,31 @@ def result_notes(tensors: list[TensorCheck], setup: CheckSetup, scheme: Scheme) 
             f"; verdicts allow for it"
         )
     return notes
+
+
+def probe_repeatability(tensors: list[TensorCheck], setup: CheckSetup) -> tuple[int, bool]:
+    """Evaluate J once more at the unperturbed parameters when some tensor fails.
+
+    A different value than at the start means the loss is random (a data loader or
+    dropout the two evaluations before the check did not reveal): the failing tensors
+    are marked ``repeatable=False``. Returns the number of evaluations (0 or 1) and
+    whether the check is still complete (False after Ctrl-C here).
+    """
+    failing = [t for t in tensors if not t.passed]
+    if not failing:
+        return 0, True
+    try:
+        value = setup.evaluate()
+    except KeyboardInterrupt:
+        return 0, False
+    if not np.isfinite(value):
+        raise NonFiniteLossError(
+            f"the loss became {value} at the unperturbed parameters when evaluated again "
+            f"after the perturbations (it was {setup.loss_value!r} at the start): it depends "
+            f"on something the check does not restore; parameters restored"
+        )
+    first = setup.loss_value
+    same = value == first or abs(value - first) <= 4 * np.finfo(float).eps * abs(first)
+    for tensor in failing:
+        tensor.repeatable = bool(same)
+    return 1, True

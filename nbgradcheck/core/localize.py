@@ -62,6 +62,7 @@ from nbgradcheck.core.engine import (
     CheckSetup,
     ignore_tick,
     measure_tensor,
+    probe_repeatability,
     refine_failing,
     result_notes,
 )
@@ -730,31 +731,3 @@ def fast_notes(tensors: list[TensorCheck]) -> list[str]:
         if t.directional.status in stopped and not t.passed
     ]
     return notes
-
-
-def probe_repeatability(tensors: list[TensorCheck], setup: CheckSetup) -> tuple[int, bool]:
-    """Evaluate J once more at the unperturbed parameters when some tensor fails.
-
-    A different value than at the start means the loss is random (a data loader or
-    dropout the two evaluations before the check did not reveal): the failing tensors
-    are marked ``repeatable=False``. Returns the number of evaluations (0 or 1) and
-    whether the check is still complete (False after Ctrl-C here).
-    """
-    failing = [t for t in tensors if not t.passed]
-    if not failing:
-        return 0, True
-    try:
-        value = setup.evaluate()
-    except KeyboardInterrupt:
-        return 0, False
-    if not np.isfinite(value):
-        raise NonFiniteLossError(
-            f"the loss became {value} at the unperturbed parameters when evaluated again "
-            f"after the perturbations (it was {setup.loss_value!r} at the start): it depends "
-            f"on something the check does not restore; parameters restored"
-        )
-    first = setup.loss_value
-    same = value == first or abs(value - first) <= 4 * np.finfo(float).eps * abs(first)
-    for tensor in failing:
-        tensor.repeatable = bool(same)
-    return 1, True
