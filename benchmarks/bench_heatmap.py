@@ -28,7 +28,8 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
-from nbgradcheck.core.result import GradCheckResult, TensorCheck  # noqa: E402
+from nbgradcheck.api.result import GradCheckResult  # noqa: E402
+from nbgradcheck.core.result import TensorCheck  # noqa: E402
 from nbgradcheck.views.figures import POOL_ABOVE, figure_png  # noqa: E402
 
 SHAPE = (1000, 1000)

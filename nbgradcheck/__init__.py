@@ -27,8 +27,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it (imported on first use)
 _LAZY = {
     "check": "nbgradcheck.api.check",
-    "GradCheckResult": "nbgradcheck.core.result",
-    "relative_difference": "nbgradcheck.core.result",
+    "GradCheckResult": "nbgradcheck.api.result",
+    "relative_difference": "nbgradcheck.core.verdict",
     "EpsSweep": "nbgradcheck.api.sweep",
     "sweep_eps": "nbgradcheck.api.sweep",
     "preflight": "nbgradcheck.api.preflight",
@@ -73,15 +73,16 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbgradcheck.api.check import check
-    from nbgradcheck.api.preflight import PreflightReport, preflight
-    from nbgradcheck.api.sweep import EpsSweep, sweep_eps
-    from nbgradcheck.core.result import GradCheckResult, relative_difference
     from nbgradcheck.api.history import LossHistory
     from nbgradcheck.api.integrations import (
         TorchRecorder,
         keras_callback,
         lightning_callback,
     )
+    from nbgradcheck.api.preflight import PreflightReport, preflight
+    from nbgradcheck.api.result import GradCheckResult
+    from nbgradcheck.api.sweep import EpsSweep, sweep_eps
+    from nbgradcheck.core.verdict import relative_difference
     from nbgradcheck.training.stalls import StallReport, analyze_stalls, find_stalls
     from nbgradcheck.views.lossplot import plot_loss
 

@@ -13,7 +13,7 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 import nbgradcheck
-from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.api.result import GradCheckResult
 from nbgradcheck.demo import backward, course_network, forward
 from nbgradcheck.notebook import magics
 

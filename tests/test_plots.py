@@ -7,7 +7,8 @@ import pytest
 from matplotlib.colors import LogNorm
 
 import nbgradcheck as ng
-from nbgradcheck.core.result import GradCheckResult, TensorCheck
+from nbgradcheck.api.result import GradCheckResult
+from nbgradcheck.core.result import TensorCheck
 from nbgradcheck.views import figures as plots
 
 

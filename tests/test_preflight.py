@@ -29,7 +29,7 @@ from torch import nn
 
 import nbgradcheck as ng
 from nbgradcheck.api.preflight_rules import CHECK_NAMES, STATUSES
-from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.api.result import GradCheckResult
 from nbgradcheck.errors import GradCheckError, LossError
 
 

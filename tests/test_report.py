@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 
@@ -13,8 +14,9 @@ from conftest import frozen
 from test_plots import synthetic_result, synthetic_tensor
 
 import nbgradcheck as ng
-from nbgradcheck.core.result import GradCheckResult
-from nbgradcheck.views import report
+from nbgradcheck.api.result import GradCheckResult
+from nbgradcheck.views import html as report
+from nbgradcheck.views.colours import VERDICT_COLOURS
 
 
 @pytest.fixture
@@ -42,8 +44,8 @@ def test_styled_table_colours_verdicts_and_formats_errors(buggy_result):
     assert isinstance(styler, pd.io.formats.style.Styler)
     assert isinstance(buggy_result.table, pd.DataFrame)  # the plain table stays plain
     html = styler.to_html()
-    assert f"background-color: {report.VERDICT_COLOURS['wrong']}" in html
-    assert f"background-color: {report.VERDICT_COLOURS['correct']}" in html
+    assert f"background-color: {VERDICT_COLOURS['wrong']}" in html
+    assert f"background-color: {VERDICT_COLOURS['correct']}" in html
     assert f"{buggy_result.tensor('W2').difference:.2e}" in html
     assert ">3×5<" in html and ">[2, 0]<" in html
     for name in buggy_result.names:
@@ -132,7 +134,7 @@ def test_json_is_strict_and_follows_the_versioned_schema(buggy_result):
     text = buggy_result.to_json()
     data = json.loads(text)
     assert data == buggy_result.to_dict()
-    assert data["schema"] == "nbgradcheck.core.result" and data["schema_version"] == 1
+    assert data["schema"] == "nbgradcheck.result" and data["schema_version"] == 1
     assert data["verdict"] == "wrong" and data["failing"] == ["b1", "W2"]
     w2 = data["tensors"][2]
     assert w2["name"] == "W2" and w2["shape"] == [3, 5] and w2["worst_index"] == [2, 0]
@@ -142,8 +144,21 @@ def test_json_is_strict_and_follows_the_versioned_schema(buggy_result):
     assert data["summary"] == buggy_result.summary()
 
 
+def with_numeric(result, name, position, value):
+    """``result`` with one numeric value replaced (a frozen result cannot be edited)."""
+    tensors = []
+    for t in result.tensors:
+        if t.name == name:
+            numeric = t.numeric.copy()
+            numeric[position] = value
+            fields = {f.name: getattr(t, f.name) for f in dataclasses.fields(t)}
+            t = type(t)(**{**fields, "numeric": numeric})
+        tensors.append(t)
+    return dataclasses.replace(result, tensors=tensors)
+
+
 def test_nan_is_written_as_null_and_read_back_as_nan(buggy_result):
-    buggy_result.tensor("W1").numeric[3] = np.nan  # as after an interruption
+    buggy_result = with_numeric(buggy_result, "W1", 3, np.nan)  # as after an interruption
     data = json.loads(buggy_result.to_json())
     assert data["tensors"][0]["elements"]["numeric"][3] is None
     assert data["tensors"][0]["checked"] == 19
@@ -231,7 +246,7 @@ def test_to_html_writes_a_complete_page(buggy_result, tmp_path):
 
 def test_names_and_notes_are_escaped_in_html():
     result = synthetic_result(synthetic_tensor("<script>", (2, 2), wrong=[0]))
-    result.notes.append("a note with <b>markup</b>")
+    result = dataclasses.replace(result, notes=[*result.notes, "a note with <b>markup</b>"])
     html = result.to_html()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "&lt;b&gt;markup&lt;/b&gt;" in html

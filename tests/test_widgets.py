@@ -188,3 +188,21 @@ def test_displays_as_widget_with_the_static_report_as_fallback():
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == inspector.model_id
     assert bundle["text/plain"] == repr(result)
     assert "Gradient check PASSED" in bundle["text/html"]
+
+
+def test_the_worst_elements_follow_one_order_in_every_scale():
+    """The table's first row is the element named as worst and the one boxed in the
+    heatmap: ranked by the plotted error (relative on the log scale, absolute otherwise)."""
+    from test_plots import synthetic_result, synthetic_tensor
+
+    tensor = synthetic_tensor("W", (3, 4))
+    tensor.analytic[5], tensor.numeric[5] = 10.0, 8.0  # the largest |a − n|: W[1, 1]
+    tensor.analytic[9], tensor.numeric[9] = 0.5, -0.5  # the largest relative error: W[2, 1]
+    inspector = inspect(synthetic_result(tensor))
+    for scale, worst in (("log", (2, 1)), ("abs", (1, 1)), ("signed", (1, 1))):
+        inspector.scale.value = scale
+        assert inspector.worst_elements.loc[0, "index"] == worst, scale
+        assert f"worst element W[{worst[0]}, {worst[1]}]" in inspector.diagnosis.value, scale
+        (ax,) = heatmap_axes(inspector.figure)
+        box = next(line for line in ax.lines if line.get_label() == "worst")
+        assert (box.get_ydata()[0], box.get_xdata()[0]) == worst, scale

@@ -31,7 +31,7 @@ from nbgradcheck.api.preflight_rules import (
     gradient_status,
     site_status,
 )
-from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.api.result import GradCheckResult
 from nbgradcheck.errors import GradCheckError
 
 
@@ -110,7 +110,7 @@ class PreflightReport:
             ``status``.
         gradients: per parameter: ``layer``, ``grad_norm`` (NaN: no gradient),
             ``param_norm``, ``status``.
-        gradcheck: the :class:`~nbgradcheck.core.result.GradCheckResult` of the
+        gradcheck: the :class:`~nbgradcheck.GradCheckResult` of the
             ``gradients`` check (``report.gradcheck.inspect()`` drills down).
         errors: check name → the exception it raised, for the checks that raised.
     """

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.api.result import GradCheckResult
 
 CHECK_NAMES = (
     "init_loss",

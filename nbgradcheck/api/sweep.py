@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from nbgradcheck.api.check import check
+from nbgradcheck.api.perform import perform_check
 from nbgradcheck.core.schemes import METHODS, scheme_for
+from nbgradcheck.core.verdict import VERDICT_THRESHOLDS
 from nbgradcheck.errors import GradCheckError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from nbgradcheck.core.result import GradCheckResult
+    from nbgradcheck.core.result import CheckResult
 
 DEFAULT_EPS = np.logspace(-12, -1, 23)
 METHOD_COLOURS = {
@@ -47,7 +48,7 @@ SATURATION = 0.1
 SLOPE_AGREEMENT = 0.5
 MIN_FIT_POINTS = 3  # a slope through two points says nothing about a power law
 PLOT_SIZE = (7.4, 4.5)  # inches
-VERDICT_LINES = (("correct", 1e-7), ("ok", 1e-5), ("suspicious", 1e-3))
+VERDICT_LINES = VERDICT_THRESHOLDS  # the verdict scale, drawn as lines
 
 
 @dataclass
@@ -57,11 +58,11 @@ class EpsSweep:
     ``frame`` has one row per (method, ε): difference (global relative difference),
     max_abs_error, floor (relative round-off floor), verdict, and problem (why the check
     could not run at that step; '' when it did). ``results`` holds the full
-    :class:`GradCheckResult` of each usable row, keyed by (method, ε).
+    :class:`CheckResult` of each usable row, keyed by (method, ε).
     """
 
     frame: pd.DataFrame
-    results: dict[tuple[str, float], GradCheckResult] = field(default_factory=dict, repr=False)
+    results: dict[tuple[str, float], CheckResult] = field(default_factory=dict, repr=False)
 
     @property
     def methods(self) -> list[str]:
@@ -150,7 +151,7 @@ class EpsSweep:
             f"({verdict}) at ε={step:.0e} with {winner} differences"
         )
 
-    def result(self, method: str, eps: float) -> GradCheckResult:
+    def result(self, method: str, eps: float) -> CheckResult:
         """The full check behind one point (the nearest ε of that method)."""
         candidates = [e for m, e in self.results if m == method]
         if not candidates:
@@ -279,7 +280,7 @@ def draw_roundoff_region(ax: Axes, edge: float | None) -> None:
 
 def draw_verdict_lines(ax: Axes) -> None:
     """Dotted lines at the verdict thresholds; each band named in the right margin."""
-    from nbgradcheck.views.report import VERDICT_COLOURS
+    from nbgradcheck.views.colours import VERDICT_COLOURS
 
     for verdict, level in VERDICT_LINES:
         ax.axhline(level, color=VERDICT_COLOURS[verdict], linestyle=":", linewidth=0.9, zorder=1)
@@ -351,8 +352,7 @@ def draw_method(ax: Axes, sweep: EpsSweep, method: str, y: str, mark_best: bool)
             alpha=0.25,
             solid_capstyle="round",
             zorder=2,
-            label=f"{method} truncation: slope {slope:.2f} "
-            f"(expected {scheme_for(method).order})",
+            label=f"{method} truncation: slope {slope:.2f} (expected {scheme_for(method).order})",
         )
 
 
@@ -394,7 +394,9 @@ def sweep_eps(
         for step in steps:
             try:
                 with np.errstate(invalid="ignore", over="ignore"):
-                    result = check(loss, params, grads, eps=step, method=method, **check_options)
+                    result = perform_check(
+                        loss, params, grads, eps=step, method=method, **check_options
+                    )
             except GradCheckError as error:  # e.g. a step that rounds away in float32
                 problems.append(error)
                 rows.append(unusable_row(method, step, error))
@@ -426,7 +428,7 @@ def validated_methods(methods: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def sweep_row(method: str, step: float, result: GradCheckResult) -> dict[str, Any]:
+def sweep_row(method: str, step: float, result: CheckResult) -> dict[str, Any]:
     errors = [t.abs_error[t.counted] for t in result.tensors]
     largest = max((float(e.max()) for e in errors if e.size), default=float("nan"))
     return {

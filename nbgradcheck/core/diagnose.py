@@ -6,19 +6,28 @@ tries simple explanations in turn, each of which must account for nearly every e
 
 - a random loss (J differed when re-evaluated at the same point): not a gradient bug;
 - a zero analytic gradient (the tensor is not connected to the backward pass);
+- numeric and analytic gradients both zero (a passing tensor): the loss does not depend
+  on it, a warning;
 - analytic ≈ c·numeric: a constant factor (c = −1: a sign flip);
 - analytic ≈ c·numericᵀ, or numericᵀ reshaped to the tensor's shape: a transpose;
 - analytic ≈ numeric − κ·θ: a missing L2 term, κ = λ/m;
 - round-off: no such structure, and the discrepancy is within a few times the round-off
-  floor: not a bug;
+  floor: not a bug when the tensor passes; inconclusive when it fails (the check cannot
+  tell a bug that small from noise);
 - only some rows, columns or elements wrong (and how: scaled, zero, sign);
 - otherwise no simple pattern, with the worst elements.
 
 :func:`diagnose_result` turns the per-tensor diagnoses into one for the whole check.
+
+A diagnosis never contradicts the verdict beside it: a passing tensor gets 'ok', 'kink',
+'noise' (round-off, not a bug) or 'unused'; a failing tensor never one of those that say
+"not a bug" ('noise' there says the check is inconclusive). :func:`diagnose` runs once per
+tensor, when the check ends (:meth:`~nbgradcheck.core.result.TensorCheck.freeze`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from nbgradcheck.adapters.numpy import format_index
+from nbgradcheck.core.verdict import ROUND_OFF_MARGIN
 
 # Kinds that describe the check, not a bug in the gradient.
-NOT_BUGS = ("ok", "kink", "noise", "random")
+NOT_BUGS = ("ok", "kink", "noise", "random", "unused")
 # A pattern explains an element when it predicts its analytic value to this relative
 # accuracy (plus a few round-off floors).
 PATTERN_TOLERANCE = 1e-3
@@ -43,18 +53,23 @@ MAJORITY = 0.75
 SIGNIFICANCE = 5.0
 # Patterns need at least this many elements with a measurable gradient.
 MIN_PATTERN_ELEMENTS = 3
-# Discrepancies within this many round-off floors are noise.
-NOISE_MARGIN = 4.0
+# Discrepancies within this many round-off floors are noise (the verdict rules' margin).
+NOISE_MARGIN = ROUND_OFF_MARGIN
 MAX_LISTED = 5
+# Transposition partners are looked up in a table over the tensor when the elements
+# checked are at least 1/DENSE_LOOKUP of it.
+DENSE_LOOKUP = 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class Diagnosis:
     """What kind of mistake explains a tensor's (or a whole check's) discrepancy.
 
     ``kind``: 'ok', 'scale', 'sign', 'transpose', 'missing_l2', 'extra_l2', 'zero',
     'partial', 'none_found' (no simple pattern), or, not bugs: 'kink', 'noise' (round-off),
-    'random' (the loss is random), and for a whole check also 'several'.
+    'random' (the loss is random), 'unused' (numeric and analytic gradients both zero),
+    and for a whole check also 'several'. ``failing``: said of a tensor (or check) that
+    fails; its 'noise' is inconclusive, not an acquittal.
     """
 
     kind: str
@@ -65,6 +80,7 @@ class Diagnosis:
     rows: list[int] | None = None
     columns: list[int] | None = None
     elements: list[tuple[int, ...]] | None = None
+    failing: bool = False
 
     @property
     def is_bug(self) -> bool:
@@ -86,8 +102,9 @@ def label_for(d: Diagnosis) -> str:
         "sign": "sign flip",
         "zero": "zero gradient",
         "kink": "kink (not a bug)",
-        "noise": "round-off (not a bug)",
+        "noise": "round-off: inconclusive" if d.failing else "round-off (not a bug)",
         "random": "random loss",
+        "unused": "loss does not depend on it",
         "none_found": "no simple pattern",
         "several": "several bugs",
     }
@@ -245,11 +262,16 @@ def significant_factor(evidence: Evidence, factor: float) -> bool:
 def diagnose(tensor: Any) -> Diagnosis:
     """Explain the numbers of one :class:`~nbgradcheck.core.result.TensorCheck`.
 
-    A passing tensor gets kind 'ok', or 'kink' / 'noise' when kinks or round-off were
-    excused; a failing tensor always gets a diagnosis other than 'ok'.
+    A passing tensor gets kind 'ok', or 'unused' / 'kink' / 'noise' when its gradients
+    are both zero or kinks or round-off were excused; a failing tensor always gets a
+    diagnosis other than those (``failing=True``).
     """
     if tensor.passed:
         return passing_diagnosis(tensor)
+    return dataclasses.replace(failing_diagnosis(tensor), failing=True)
+
+
+def failing_diagnosis(tensor: Any) -> Diagnosis:
     found = random_loss(tensor) or zero_gradient(tensor)
     if found is not None:
         return found
@@ -264,11 +286,14 @@ def diagnose(tensor: Any) -> Diagnosis:
 
 
 def passing_diagnosis(tensor: Any) -> Diagnosis:
-    kinks = int((tensor.kink & tensor.evaluated).sum())
-    kink_text = (
-        f"{kinks} element{'s' if kinks > 1 else ''} of {tensor.name} crossed a kink "
-        f"(ReLU, max, abs) between θ−ε and θ+ε; the code is right there"
-    )
+    if tensor.unused:
+        return Diagnosis(
+            "unused",
+            f"{tensor.name}: the loss does not depend on it (numeric and analytic gradients "
+            f"are both zero)",
+            tensor.name,
+        )
+    kink_text = kinks_text(tensor)
     difference = tensor.difference
     if not np.isnan(difference) and difference > tensor.tol:
         sentence = (
@@ -276,12 +301,29 @@ def passing_diagnosis(tensor: Any) -> Diagnosis:
             f"{tensor.floor:.1e} of this {np.dtype(tensor.dtype).name} check: not a "
             f"bug"
         )
-        if kinks:
+        if kink_text:
             sentence += f"; {kink_text}"
         return Diagnosis("noise", sentence, tensor.name)
-    if kinks:
+    if kink_text:
         return Diagnosis("kink", f"not a bug: {kink_text}", tensor.name)
     return Diagnosis("ok", f"{tensor.name}: no discrepancy", tensor.name)
+
+
+def kinks_text(tensor: Any) -> str:
+    """'3 elements of W1 crossed a kink ...' ('' when none did), counting fast mode's
+    whole-tensor directions too."""
+    elements = int((tensor.kink & tensor.evaluated).sum())
+    record = tensor.directional
+    directions = int(record.at_kinks.sum()) if record is not None and record.tests else 0
+    parts = [f"{elements} element{'s' if elements > 1 else ''}"] if elements else []
+    if directions:
+        parts.append(f"{directions} whole-tensor direction{'s' if directions > 1 else ''}")
+    if not parts:
+        return ""
+    return (
+        f"{' and '.join(parts)} of {tensor.name} crossed a kink (ReLU, max, abs) between "
+        f"θ−ε and θ+ε; the code is right there"
+    )
 
 
 def random_loss(tensor: Any) -> Diagnosis | None:
@@ -298,7 +340,9 @@ def random_loss(tensor: Any) -> Diagnosis | None:
 
 
 def zero_gradient(tensor: Any) -> Diagnosis | None:
-    if np.any(tensor.analytic_full != 0):
+    """The analytic gradient is zero everywhere (where known) but the numeric one is not."""
+    known = tensor.analytic_full if tensor.analytic_full is not None else tensor.analytic
+    if np.any(known != 0):
         return None
     numeric = tensor.numeric[tensor.evaluated]
     largest = f" (numeric values up to {np.max(np.abs(numeric)):.2e})" if numeric.size else ""
@@ -313,20 +357,21 @@ def zero_gradient(tensor: Any) -> Diagnosis | None:
 
 
 def round_off(tensor: Any) -> Diagnosis | None:
-    """Every discrepancy over tol is within NOISE_MARGIN round-off floors of its own
-    measurements (elements checked one by one; fast mode's directional tests)."""
-    sources = [(tensor.element_difference, tensor.element_floor)]
+    """Every set of measurements over tol (the elements checked one by one; fast mode's
+    directional tests) is within NOISE_MARGIN round-off floors: the check cannot tell."""
+    sources = [tensor.element_measurements()]
     if tensor.directional is not None and len(tensor.directional.tests):
-        sources.append((tensor.directional.difference, tensor.directional.floor))
-    over = [(d, f) for d, f in sources if not np.isnan(d) and d > tensor.tol]
-    if not over or any(not d <= NOISE_MARGIN * f for d, f in over):
+        sources.append(tensor.directional.measurements())
+    over = [s for s in sources if not np.isnan(s.difference) and s.difference > tensor.tol]
+    if not over or not all(s.within_round_off(tensor.tol) for s in over):
         return None
-    floor = max(f for _, f in over)
+    floor = max(s.floor for s in over)
     return Diagnosis(
         "noise",
         f"{tensor.name} differs by {tensor.difference:.1e}, within {NOISE_MARGIN:g}× the "
-        f"round-off floor {floor:.1e} of this {np.dtype(tensor.dtype).name} check: noise, "
-        f"not a bug. Use eps='auto' (a step suited to the dtype) or float64 parameters",
+        f"round-off floor {floor:.1e} of this {np.dtype(tensor.dtype).name} check: too "
+        f"close to round-off to tell a bug from noise. Use eps='auto' (a step suited to "
+        f"the dtype) or float64 parameters",
         tensor.name,
     )
 
@@ -417,17 +462,14 @@ def transposition_partners(indices: np.ndarray, shape: tuple[int, ...]) -> list[
 
 
 def transposed(tensor: Any, evidence: Evidence) -> Diagnosis | None:
-    known = np.full(tensor.size, np.nan)
-    known[evidence.indices] = evidence.numeric
-    noise = np.zeros(tensor.size)
-    noise[evidence.indices] = evidence.noise
     for label, partner_of in transposition_maps(tuple(tensor.shape)):
         partner = partner_of(evidence.indices)
-        usable = ~np.isnan(known[partner]) & (partner != evidence.indices)
+        usable, where = lookup(evidence.indices, partner, tensor.size)
+        usable &= partner != evidence.indices
         if usable.sum() < MIN_PATTERN_ELEMENTS:
             continue
         sub = evidence.subset(usable)
-        numeric, sub_noise = known[partner[usable]], noise[partner[usable]]
+        numeric, sub_noise = evidence.numeric[where[usable]], evidence.noise[where[usable]]
         factor = ratio(sub.analytic, numeric, sub_noise)
         if factor is None or not fits(sub, factor * numeric, sub_noise * max(1, abs(factor))):
             continue
@@ -436,6 +478,23 @@ def transposed(tensor: Any, evidence: Evidence) -> Diagnosis | None:
             "transpose", transpose_sentence(tensor, label, factor), tensor.name, factor=factor
         )
     return None
+
+
+def lookup(known: np.ndarray, wanted: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``wanted`` flat indices of a tensor of ``size`` elements are among ``known``
+    (distinct), and their positions there. A table over the tensor when the elements
+    known fill a good part of it, else a sorted search: never memory out of proportion
+    to the measurements."""
+    if size <= DENSE_LOOKUP * known.size:
+        table = np.full(size, -1, dtype=np.int64)
+        table[known] = np.arange(known.size)
+        where = table[wanted]
+        return where >= 0, np.maximum(where, 0)
+    if not known.size:
+        return np.zeros(wanted.shape, dtype=bool), np.zeros(wanted.shape, dtype=np.int64)
+    order = np.argsort(known, kind="stable")
+    where = order[np.minimum(np.searchsorted(known[order], wanted), known.size - 1)]
+    return known[where] == wanted, where
 
 
 def transpose_sentence(tensor: Any, label: str, factor: float) -> str:
@@ -618,6 +677,7 @@ def diagnose_result(
             f"the loss is random: evaluated again at the unperturbed parameters "
             f"it returned another value, so the discrepancies in {', '.join(random)} may be "
             f"noise, not gradient bugs. Pass seed=0 or switch the randomness off",
+            failing=bool(failing),
         )
     bugs = {name: d for name, d in diagnoses.items() if d.is_bug}
     if not bugs:
@@ -633,22 +693,26 @@ def diagnose_result(
             d.rows,
             d.columns,
             d.elements,
+            failing=d.failing,
         )
     return common_pattern(bugs) or Diagnosis(
         "several",
         f"{len(bugs)} tensors are wrong: "
         + "; ".join(f"{name}: {d.label}" for name, d in bugs.items()),
+        failing=True,
     )
 
 
 def no_bug(diagnoses: dict[str, Diagnosis], excused: list[str], complete: bool) -> Diagnosis:
-    """Nothing wrong in the gradient; failing tensors (if any) fail on round-off or kinks."""
+    """No bug found; tensors that fail anyway (``excused``) fail within round-off, where
+    the check cannot tell."""
     if excused:
         first = diagnoses[excused[0]]
         return Diagnosis(
             first.kind,
-            f"{', '.join(excused)} failed on {first.label}, not on "
-            f"a gradient bug: {first.sentence}",
+            f"{', '.join(excused)} failed within the round-off of this check, which cannot "
+            f"tell a bug that small from noise: {first.sentence}",
+            failing=True,
         )
     sentence = "no bug found" + ("" if complete else " in the part checked (interrupted)")
     if diagnoses:
@@ -667,6 +731,7 @@ def common_pattern(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
             f"upstream of them, which every gradient below inherits (the output error dZ, or "
             f"1/m applied in the wrong place)? {scale_causes(factor)}",
             factor=factor,
+            failing=True,
         )
     kappa = shared_value([d.l2_lambda for d in bugs.values() if d.kind == "missing_l2"], len(bugs))
     if kappa is not None:
@@ -676,6 +741,7 @@ def common_pattern(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
             f"cost has (λ/2m)·Σ‖W‖² but the backward pass leaves out (λ/m)·W "
             f"(λ/m ≈ {kappa:.3g})",
             l2_lambda=kappa,
+            failing=True,
         )
     return None
 

@@ -32,11 +32,9 @@ from nbgradcheck.core.plan import TensorPlan, sub_plan
 from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
 from nbgradcheck.core.result import TensorCheck
 from nbgradcheck.core.schemes import Scheme
+from nbgradcheck.core.verdict import kink_crossings
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
 
-# A kink is declared when the analytic value sits this close (relative to the
-# discrepancy) to one of the one-sided slopes.
-KINK_SIDE_RATIO = 0.1
 # Failing elements are re-estimated with steps this many times smaller (up to
 # REFINE_LEVELS times) before they are called wrong: a step that crossed several kinks,
 # or a large low-precision step, then gets a second chance; a real bug does not.
@@ -352,33 +350,6 @@ def reject_non_finite(plan: TensorPlan, outputs: Outputs) -> None:
             f"the loss became {losses[j]} when {plan.name}{where} was perturbed "
             f"({sign}) from {plan.values[j]!r} to {shifted[j]!r}; parameters restored"
         )
-
-
-def kink_crossings(
-    numeric: np.ndarray,
-    analytic: np.ndarray,
-    j0: float,
-    loss_plus: np.ndarray,
-    loss_minus: np.ndarray,
-    up: np.ndarray,
-    down: np.ndarray,
-    noise: np.ndarray,
-    tol: float,
-) -> np.ndarray:
-    """Elements whose discrepancy a slope jump between θ−ε and θ+ε explains.
-
-    At a kink the left and right slopes differ by the jump, the central estimate is
-    their average, and the analytic gradient equals one of them; in a smooth region
-    both slopes agree with the central estimate to O(ε·J'').
-    """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        left = (j0 - loss_minus) / down
-        right = (loss_plus - j0) / up
-    error = np.abs(numeric - analytic)
-    failing = error > np.maximum(tol * (np.abs(numeric) + np.abs(analytic)), noise)
-    near_a_side = np.minimum(np.abs(analytic - left), np.abs(analytic - right))
-    jump = np.abs(right - left)
-    return failing & (near_a_side <= KINK_SIDE_RATIO * error) & (jump >= error) & (jump > 4 * noise)
 
 
 def result_notes(tensors: list[TensorCheck], setup: CheckSetup, scheme: Scheme) -> list[str]:

@@ -48,15 +48,14 @@ directional test when that is larger (float32).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from nbgradcheck.adapters.numpy import contiguous
 from nbgradcheck.core.diagnose import transposition_partners
+from nbgradcheck.core.directional import DirectionalTest, DirectionalTests
 from nbgradcheck.core.engine import (
-    KINK_SIDE_RATIO,
     REFINE_FACTOR,
     REFINE_LEVELS,
     CheckSetup,
@@ -69,12 +68,7 @@ from nbgradcheck.core.engine import (
 from nbgradcheck.core.evaluate import GroupPoints, Outputs
 from nbgradcheck.core.plan import FAST_DIRECTIONS, TensorPlan, elements_to_check, planned_points
 from nbgradcheck.core.progress import chunk_size, open_bar, should_show
-from nbgradcheck.core.result import (
-    MAX_FLOOR_EXCUSE,
-    GradCheckResult,
-    TensorCheck,
-    relative_difference,
-)
+from nbgradcheck.core.result import CheckResult, TensorCheck
 from nbgradcheck.core.schemes import CENTRAL, NOISE_FACTOR, Scheme
 from nbgradcheck.errors import NonFiniteLossError
 
@@ -99,12 +93,6 @@ DENSE_FRACTION = 0.25
 # Localization stops (the bug is spread out) when more groups than this fail at once.
 MAX_FAILING_GROUPS = 64
 MAX_ROUNDS = 3
-# The verdict on a tensor's directional tests excuses a relative difference within
-# FLOOR_SLACK times their floor (an estimate: round-off with a margin, truncation bounded
-# by the change between two steps), up to MAX_DIRECTIONAL_FLOOR_EXCUSE (float32 networks
-# with kinks reach a few percent; the element-wise verdict caps at 1e-2).
-FLOOR_SLACK = 2.0
-MAX_DIRECTIONAL_FLOOR_EXCUSE = 0.1
 
 
 def dot(first: np.ndarray, second: np.ndarray) -> float:
@@ -114,165 +102,6 @@ def dot(first: np.ndarray, second: np.ndarray) -> float:
 
 def random_signs(rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.integers(0, 2, size, dtype=np.int8) * 2 - 1
-
-
-# -- directional tests ----------------------------------------------------------------------
-
-
-@dataclass
-class DirectionalTest:
-    """One directional derivative of a group of elements, along the unit vector h/‖h‖."""
-
-    size: int  # elements in the group
-    numeric: float  # (J(θ+δ) − J(θ−δ)) / ‖h‖, h = the actual difference of the two points
-    analytic: float  # g·h / ‖h‖ with the gradient under test (corrected while localizing)
-    original: float  # the same with the model's own analytic gradient
-    spread: float  # ‖g⊙h‖ / ‖h‖: the typical |analytic| over random signs
-    noise: float  # round-off floor of ``numeric`` (+ the truncation bound of a refined test)
-    theta: float  # θ·h / ‖h‖, for the missing-L2 diagnosis
-    tol: float
-    level: int = 0  # the steps were divided by REFINE_FACTOR**level
-    trigger: bool = False  # the first failing screen test (left out of the verdict)
-    left: float = float("nan")  # one-sided slopes (J₀ − J(θ−δ)) and (J(θ+δ) − J₀) along
-    right: float = float("nan")  # the direction; central method only
-
-    @property
-    def discrepancy(self) -> float:
-        return abs(self.numeric - self.analytic)
-
-    def fails(self, analytic: float) -> bool:
-        return self.excess(analytic) > 1 and not self.at_kink(analytic)
-
-    def at_kink(self, analytic: float) -> bool:
-        """A slope jump between θ−δ and θ+δ explains the discrepancy: ``analytic`` is one
-        of the one-sided slopes (a ReLU unit close to its kink), as in the engine."""
-        discrepancy = abs(self.numeric - analytic)
-        near_a_side = min(abs(analytic - self.left), abs(analytic - self.right))
-        jump = abs(self.right - self.left)
-        near = max(KINK_SIDE_RATIO * discrepancy, self.noise)  # one-sided slopes are noisier
-        return bool(near_a_side <= near and jump >= discrepancy and jump > 4 * self.noise)
-
-    def excess(self, analytic: float) -> float:
-        """The discrepancy over the largest one that passes."""
-        scale = max(abs(self.numeric) + abs(analytic), 2 * self.spread)
-        allowed = max(self.tol * scale, self.noise)
-        discrepancy = abs(self.numeric - analytic)
-        if allowed > 0:
-            return discrepancy / allowed
-        return np.inf if discrepancy > 0 else 0.0
-
-    @property
-    def failing(self) -> bool:
-        """The gradient under test disagrees along this direction."""
-        return self.fails(self.analytic)
-
-    @property
-    def failing_original(self) -> bool:
-        """The model's own gradient disagrees along this direction."""
-        return self.fails(self.original)
-
-
-@dataclass
-class DirectionalTests:
-    """Fast mode's record for one tensor: whole-tensor tests and how localization went.
-
-    ``status``: 'passed', 'localized' (every wrong element found), 'dense' (most sampled
-    elements wrong: not localized), 'spread' (too many groups failed to follow),
-    'unresolved' (directions still fail after ``MAX_ROUNDS`` rounds), 'checked one by
-    one' (a tensor of at most ``DIRECTIONS`` elements), 'interrupted', 'not tested' or
-    'empty'.
-    """
-
-    tests: list[DirectionalTest] = field(default_factory=list)
-    status: str = "not tested"
-    group_tests: int = 0  # directional tests of parts of the tensor
-    evaluations: int = 0  # loss evaluations spent on this tensor (all kinds)
-    # elements checked one by one at random (unlike those localization picked for looking
-    # wrong), with their transposition partners: an unbiased sample of the tensor
-    sampled: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
-
-    @property
-    def numeric(self) -> np.ndarray:
-        return np.array([t.numeric for t in self.tests], dtype=float)
-
-    @property
-    def analytic(self) -> np.ndarray:
-        """Directional derivatives of the model's own gradient."""
-        return np.array([t.original for t in self.tests], dtype=float)
-
-    @property
-    def noise(self) -> np.ndarray:
-        return np.array([t.noise for t in self.tests], dtype=float)
-
-    @property
-    def theta(self) -> np.ndarray:
-        return np.array([t.theta for t in self.tests], dtype=float)
-
-    @property
-    def failing(self) -> np.ndarray:
-        return np.array([t.failing_original for t in self.tests], dtype=bool)
-
-    @property
-    def unbiased(self) -> np.ndarray:
-        """The tests that enter the verdict: all but kink crossings and the one that
-        triggered the localization (a test picked for failing would bias the verdict)."""
-        mask = np.array([not (t.trigger or t.at_kink(t.original)) for t in self.tests], dtype=bool)
-        return mask if mask.any() else np.ones(len(self.tests), dtype=bool)
-
-    @property
-    def difference(self) -> float:
-        """Relative difference over the whole-tensor directions; NaN when none ran."""
-        if not self.tests:
-            return float("nan")
-        mask = self.unbiased
-        return relative_difference(self.numeric[mask], self.analytic[mask])
-
-    @property
-    def floor(self) -> float:
-        if not self.tests:
-            return 0.0
-        mask = self.unbiased
-        scale = np.linalg.norm(self.numeric[mask]) + np.linalg.norm(self.analytic[mask])
-        return float(np.linalg.norm(self.noise[mask]) / scale) if scale > 0 else 0.0
-
-    @property
-    def passed(self) -> bool:
-        """The model's gradient agrees over all whole-tensor directions: relative
-        difference within tol, or within the tests' round-off floor.
-
-        Single tests only decide where to look (a float32 test fails now and then on
-        round-off); the verdict is on all of them together, as in full mode.
-        """
-        if not self.tests:
-            return True
-        excuse = min(FLOOR_SLACK * self.floor, MAX_DIRECTIONAL_FLOOR_EXCUSE)
-        return bool(self.difference <= max(self.tests[0].tol, excuse))
-
-    def sample_mask(self, tensor: TensorCheck) -> np.ndarray:
-        """Which of ``tensor``'s counted elements belong to the random sample."""
-        return np.isin(tensor.indices, self.sampled) & tensor.counted
-
-    def sample_difference(self, tensor: TensorCheck) -> tuple[float, float]:
-        """Relative difference and round-off floor over the random sample (NaN, 0 when
-        there is none): judged as a full check judges a whole tensor."""
-        mask = self.sample_mask(tensor)
-        if not mask.any():
-            return float("nan"), 0.0
-        numeric, analytic = tensor.numeric[mask], tensor.analytic[mask]
-        scale = np.linalg.norm(numeric) + np.linalg.norm(analytic)
-        floor = float(np.linalg.norm(tensor.noise[mask]) / scale) if scale > 0 else 0.0
-        return relative_difference(numeric, analytic), floor
-
-    def passed_with(self, tensor: TensorCheck) -> bool:
-        """The verdict of fast mode: the directional tests together (see ``passed``) and
-        the random sample, as in full mode. The elements localization checked only say
-        where: they were picked for looking wrong, so in float32 they are often the
-        elements that straddle kinks."""
-        difference, floor = self.sample_difference(tensor)
-        sample_passes = np.isnan(difference) or difference <= max(
-            tensor.tol, min(floor, MAX_FLOOR_EXCUSE)
-        )
-        return bool(self.passed and sample_passes)
 
 
 # -- one tensor -----------------------------------------------------------------------------
@@ -662,7 +491,7 @@ def fast_check(
     seed: int | None,
     progress: bool | None,
     notes: list[str],
-) -> GradCheckResult:
+) -> CheckResult:
     """mode='fast': directional screening of every tensor, localization of failures."""
     rng = np.random.default_rng(seed)
     searches = [
@@ -693,7 +522,7 @@ def fast_check(
         evaluations += spent
     notes = notes + fast_notes(tensors)
     notes += result_notes(tensors, setup, scheme)
-    return GradCheckResult(
+    return CheckResult(
         tensors,
         scheme.name,
         eps,

@@ -14,7 +14,7 @@ from nbgradcheck.core.engine import (
 )
 from nbgradcheck.core.localize import fast_check
 from nbgradcheck.core.plan import choose_mode, plan_tensors, resolve_eps
-from nbgradcheck.core.result import GradCheckResult
+from nbgradcheck.core.result import CheckResult
 from nbgradcheck.core.schemes import Scheme
 
 
@@ -27,7 +27,7 @@ def run_check(
     tol: float,
     seed: int | None,
     progress: bool | None,
-) -> GradCheckResult:
+) -> CheckResult:
     """Full, sample or fast mode over every tensor; the result of the whole check."""
     notes = list(setup.notes)
     eps = resolve_eps(eps, scheme, setup.params, notes)
@@ -40,7 +40,7 @@ def run_check(
         spent, complete = probe_repeatability(tensors, setup)
         evaluations += spent
     notes += result_notes(tensors, setup, scheme)
-    return GradCheckResult(
+    return CheckResult(
         tensors,
         scheme.name,
         eps,

@@ -33,8 +33,8 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from IPython.display import display
 
 from nbgradcheck.api.check import check
+from nbgradcheck.api.result import GradCheckResult
 from nbgradcheck.core.plan import MODES
-from nbgradcheck.core.result import GradCheckResult
 from nbgradcheck.core.schemes import METHODS
 from nbgradcheck.errors import GradCheckError
 

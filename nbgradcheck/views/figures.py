@@ -12,10 +12,12 @@ Every tensor is drawn as a 2-D grid of cells, one per element:
   tiles, one per index of the first axis.
 
 Unchecked elements are blank (hatched background), kinks are marked ×, and the worst
-element of a failing tensor is boxed. A tensor with more cells than its panel has pixels
-(along either axis), or with more than ``pool_above`` elements, is reduced by block-max
-pooling to at most one cell per pixel: the largest error of each block is kept, so the
-worst element cannot vanish in resampling, and drawing stays fast at 10⁶ elements.
+element of a failing tensor (by the plotted error: relative on the log scale, absolute
+otherwise; the order of ``TensorCheck.worst_first``) is boxed. A tensor with more cells
+than its panel has pixels (along either axis), or with more than ``pool_above`` elements,
+is reduced by block-max pooling to at most one cell per pixel: the largest error of each
+block is kept, so the worst element cannot vanish in resampling, and drawing stays fast at
+10⁶ elements.
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ from matplotlib.colors import LinearSegmentedColormap, LogNorm, Normalize, to_rg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from nbgradcheck.views.report import VERDICT_COLOURS
+from nbgradcheck.core.verdict import VERDICT_THRESHOLDS
+from nbgradcheck.views.colours import VERDICT_COLOURS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colorbar import Colorbar
     from matplotlib.image import AxesImage
 
-    from nbgradcheck.core.result import GradCheckResult, TensorCheck
+    from nbgradcheck.core.result import CheckResult, TensorCheck
 
 SCALES = ("log", "abs", "signed")
+# The per-element error each scale plots, which also ranks the worst element.
+SCALE_ERRORS = {"log": "rel_error", "abs": "abs_error", "signed": "abs_error"}
 POOL_ABOVE = 250_000
 LOG_FLOOR = 1e-16  # the smallest relative error the log scale shows
 # Layout, in inches: a cell holds one panel with its title, tick labels and axis labels.
@@ -52,8 +57,6 @@ COLORBAR_WIDTH, SHARED_COLORBAR, PANEL_COLORBAR = 0.14, 1.25, 1.0
 BAND_LETTER = 0.07  # inches of colour bar a letter of a band's verdict name needs
 MAX_COLUMNS = 3
 MAX_TILE_LABELS = 64
-# Thresholds as in result.VERDICT_THRESHOLDS (repeated here to keep this import light).
-THRESHOLDS = (("correct", 1e-7), ("ok", 1e-5), ("suspicious", 1e-3))
 # The verdict bands of the log colour map: (verdict, colour at the low end, at the high end).
 BAND_COLOURS = (
     ("correct", "#c7e9c0", "#41ab5d"),
@@ -192,7 +195,7 @@ class Panel:
     block: tuple[int, int]
     kinks: tuple[np.ndarray, np.ndarray]  # (rows, columns) of cells holding kinks
     worst: tuple[float, float] | None  # (row, column) of the worst element's cell
-    verdict: str  # the tensor's, computed once (it costs a pass over the elements)
+    verdict: str  # the tensor's (stored when its check ended)
     difference: float
 
     @property
@@ -215,7 +218,8 @@ def make_panel(
     block = pool_block(image.shape, pixels, pool_above)
     kink_flat = tensor.indices[tensor.kink & tensor.evaluated]
     verdict = tensor.verdict
-    worst = worst_cell(tensor, layout, block) if verdict not in ("correct", "ok") else None
+    by = SCALE_ERRORS[scale]
+    worst = worst_cell(tensor, layout, block, by) if verdict not in ("correct", "ok") else None
     return Panel(
         tensor,
         layout,
@@ -240,10 +244,10 @@ def cell_centres(
 
 
 def worst_cell(
-    tensor: TensorCheck, layout: Layout, block: tuple[int, int]
+    tensor: TensorCheck, layout: Layout, block: tuple[int, int], by: str = "abs_error"
 ) -> tuple[float, float] | None:
-    """The cell of the worst counted element."""
-    position = tensor.worst_position
+    """The cell of the worst counted element by ``by`` ('abs_error' or 'rel_error')."""
+    position = tensor.worst_position_by(by)
     if position is None:
         return None
     rows, columns = cell_centres(layout, tensor.indices[[position]], block)
@@ -256,7 +260,7 @@ def worst_cell(
 def log_colormap(vmin: float, vmax: float) -> LinearSegmentedColormap:
     """Colours by verdict band (green, yellow, orange, red), with sharp band edges."""
     span = math.log10(vmax) - math.log10(vmin)
-    edges = [vmin, *(t for _, t in THRESHOLDS), vmax]
+    edges = [vmin, *(t for _, t in VERDICT_THRESHOLDS), vmax]
     stops: list[tuple[float, str]] = []
     for (_, low, high), start, stop in zip(BAND_COLOURS, edges[:-1], edges[1:]):
         start, stop = max(start, vmin), min(stop, vmax)
@@ -299,7 +303,7 @@ def scale_colormap(scale: str, norm: Normalize) -> LinearSegmentedColormap:
 
 
 def heatmap(
-    result: GradCheckResult,
+    result: CheckResult,
     name: str | Sequence[str] | None = None,
     scale: str = "log",
     *,
@@ -310,7 +314,8 @@ def heatmap(
     """Per-element discrepancy of each parameter tensor, one panel per tensor.
 
     Args:
-        result: a :class:`~nbgradcheck.GradCheckResult`.
+        result: a :class:`~nbgradcheck.GradCheckResult` (or its core, a
+            :class:`~nbgradcheck.core.result.CheckResult`).
         name: a tensor name, a list of names, or ``None`` for every tensor.
         scale: ``"log"`` — relative error |n − a| / (|n| + |a|) on a log colour scale
             shared by all panels, with the verdict thresholds (1e-7, 1e-5, 1e-3) marked on
@@ -357,7 +362,7 @@ def heatmap(
     return figure
 
 
-def selected_tensors(result: GradCheckResult, name: str | Sequence[str] | None) -> list:
+def selected_tensors(result: CheckResult, name: str | Sequence[str] | None) -> list:
     if name is None:
         return list(result.tensors)
     names = [name] if isinstance(name, str) else list(name)
@@ -620,8 +625,8 @@ def mark_thresholds(colorbar: Colorbar, height: float) -> None:
     """Lines at the verdict thresholds, and each band's verdict written beside it where
     the band (``height`` inches of colour bar in all) is long enough for the word."""
     low, high = colorbar.norm.vmin, colorbar.norm.vmax
-    edges = [low, *(t for _, t in THRESHOLDS), high]
-    for _, threshold in THRESHOLDS:
+    edges = [low, *(t for _, t in VERDICT_THRESHOLDS), high]
+    for _, threshold in VERDICT_THRESHOLDS:
         if low < threshold < high:
             colorbar.ax.axhline(threshold, color="black", linewidth=1.0)
     decades = math.log10(high / low)
@@ -645,7 +650,7 @@ def mark_thresholds(colorbar: Colorbar, height: float) -> None:
         )
 
 
-def figure_title(result: GradCheckResult, scale: str) -> str:
+def figure_title(result: CheckResult, scale: str) -> str:
     quantity = {
         "log": "relative error |n − a| / (|n| + |a|)",
         "abs": "absolute error |a − n|",

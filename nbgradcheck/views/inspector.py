@@ -3,8 +3,13 @@
 A tensor selector (worst first, with verdict badges), the heatmap of the selected tensor
 with a scale toggle and a threshold that highlights the elements above it, the worst
 elements, what the result says about the tensor, and controls that re-check the
-selected tensor with another step or method. Every view reads the result; the only
-computation is the re-check, which runs the engine again.
+selected tensor with another step or method. Every view reads the result's stored
+verdicts and diagnoses; the only computation is the re-check (``result.recheck``), which
+runs the check again.
+
+The worst elements are ranked by the error the scale plots (relative on the log scale,
+absolute otherwise), in one order everywhere (``TensorCheck.worst_first``): the first row
+of the table is the element named as worst and the one boxed in the heatmap.
 
 Where widgets cannot render (a terminal, an exported notebook) the inspector displays as
 the result's static report.
@@ -20,16 +25,19 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from nbgradcheck.core.engine import METHODS, takes_argument
-from nbgradcheck.core.result import VERDICT_ORDER, GradCheckResult, TensorCheck
+from nbgradcheck.core.evaluate import takes_argument
+from nbgradcheck.core.result import CheckResult, TensorCheck
+from nbgradcheck.core.schemes import METHODS
+from nbgradcheck.core.verdict import VERDICT_ORDER
 from nbgradcheck.errors import GradCheckError
-from nbgradcheck.views.figures import figure_png
-from nbgradcheck.views.report import VERDICT_COLOURS
+from nbgradcheck.views.colours import FAILING_COLOUR, verdict_colour
+from nbgradcheck.views.figures import SCALE_ERRORS, figure_png, heatmap
+from nbgradcheck.views.tables import elements_frame
 
 BADGES = {"correct": "✔", "ok": "✔", "suspicious": "⚠", "wrong": "✘", "empty": "…"}
 SCALES = (("log relative", "log"), ("absolute", "abs"), ("signed", "signed"))
-# The error column each scale plots, which the threshold applies to.
-SCALE_COLUMNS = {"log": "rel_error", "abs": "abs_error", "signed": "abs_error"}
+# The error column each scale plots: the threshold applies to it, the worst come first by it.
+SCALE_COLUMNS = SCALE_ERRORS
 THRESHOLD_LABELS = {"rel_error": "highlight rel. error >", "abs_error": "highlight |a − n| >"}
 STEP_CHOICES = ("auto", 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
 WORST_ROWS = 10
@@ -37,8 +45,10 @@ HIGHLIGHT = "background: #ffd8d8"  # rows of the worst-elements table above the 
 HEATMAP_DPI = 90
 
 
-def inspect(result: GradCheckResult) -> Inspector:
-    """The inspector widget for ``result`` (displays as the static report without widgets)."""
+def inspect(result: CheckResult) -> Inspector:
+    """The inspector widget for ``result``, a :class:`nbgradcheck.GradCheckResult` (it
+    calls its ``recheck`` and ``_repr_mimebundle_``); shown as the static report where
+    widgets cannot render."""
     return Inspector(result)
 
 
@@ -54,10 +64,10 @@ class Inspector(widgets.VBox):
         table, diagnosis, status: HTML widgets.
     """
 
-    def __init__(self, result: GradCheckResult) -> None:
+    def __init__(self, result: CheckResult) -> None:
         super().__init__()
         self.result = result
-        self.latest: dict[str, GradCheckResult] = dict.fromkeys(result.names, result)
+        self.latest: dict[str, CheckResult] = dict.fromkeys(result.names, result)
         self.figure: Any = None
         self.relabelling = False
         self.worst_elements = pd.DataFrame()
@@ -150,18 +160,21 @@ class Inspector(widgets.VBox):
         self.recheck_button.description = f"Re-check {self.name}"
         self.threshold.description = THRESHOLD_LABELS[self.error_column]
         self.diagnosis.value = diagnosis_html(
-            self.latest[self.name], self.name, self.latest[self.name] is not self.result
+            self.latest[self.name],
+            self.name,
+            self.latest[self.name] is not self.result,
+            self.error_column,
         )
         self.show_highlights()
 
     def show_highlights(self, _change: Any = None) -> None:
         """Redraw the heatmap and the worst-elements table for the current threshold."""
         result, threshold = self.latest[self.name], self.threshold.value
-        self.figure = result.heatmap(
-            self.name, self.scale.value, highlight_above=threshold, dpi=HEATMAP_DPI
+        self.figure = heatmap(
+            result, self.name, self.scale.value, highlight_above=threshold, dpi=HEATMAP_DPI
         )
         self.heatmap.value = figure_png(self.figure)
-        self.worst_elements = result.elements(self.name, sort_by=self.error_column)
+        self.worst_elements = elements_frame(self.tensor, sort_by=self.error_column)
         self.table.value = worst_table_html(
             self.worst_elements, self.error_column, threshold, self.tensor.name
         )
@@ -212,7 +225,7 @@ class Inspector(widgets.VBox):
 # -- re-checking one tensor -------------------------------------------------------------------
 
 
-def recheck_tensor(result: GradCheckResult, name: str, **changes: Any) -> GradCheckResult:
+def recheck_tensor(result: CheckResult, name: str, **changes: Any) -> CheckResult:
     """Re-run ``result``'s check on tensor ``name`` only, with ``changes`` (eps, method…).
 
     The loss still sees every parameter; only ``name`` is perturbed, against the analytic
@@ -274,7 +287,7 @@ def severity(tensor: TensorCheck) -> tuple[int, float]:
     )
 
 
-def worst_name(result: GradCheckResult) -> str:
+def worst_name(result: CheckResult) -> str:
     return min(result.tensors, key=severity).name
 
 
@@ -300,14 +313,14 @@ def step_options(eps: float | str) -> list[tuple[str, Any]]:
 
 
 def verdict_badge(verdict: str) -> str:
-    colour = VERDICT_COLOURS.get(verdict, "#6e7781")
+    colour = verdict_colour(verdict)
     return (
         f'<span style="background:{colour}; color:white; border-radius:3px; '
         f'padding:0 6px; font-weight:600">{BADGES[verdict]} {verdict}</span>'
     )
 
 
-def header_html(result: GradCheckResult) -> str:
+def header_html(result: CheckResult) -> str:
     lines = html.escape(result.summary()).splitlines()
     return f"<div>{verdict_badge(result.verdict)} {'<br>'.join(lines)}</div>"
 
@@ -342,31 +355,33 @@ def worst_table_html(elements: pd.DataFrame, column: str, threshold: float, name
     return f"<div>{caption}{styler.to_html()}</div>"
 
 
-def diagnosis_html(result: GradCheckResult, name: str, rechecked: bool) -> str:
-    """What the result says about tensor ``name``: verdict, worst element, kinks, notes."""
+def diagnosis_html(result: CheckResult, name: str, rechecked: bool, by: str = "abs_error") -> str:
+    """What the result says about tensor ``name``: verdict, worst element (by ``by``),
+    kinks, the diagnosis, notes."""
     tensor = result.tensor(name)
-    row = result.table.loc[name]
     shape = "×".join(map(str, tensor.shape)) or "scalar"
     lines = [
         f"{verdict_badge(tensor.verdict)} <b>{html.escape(name)}</b> ({shape}, "
         f"{np.dtype(tensor.dtype).name}): relative difference {tensor.difference:.2e} "
         f"(tolerance {tensor.tol:g}, round-off floor {tensor.floor:.1e})",
-        f"checked {int(row['checked'])} of {tensor.size} elements "
+        f"checked {tensor.checked} of {tensor.size} elements "
         f"({result.method}, ε={format_step(result.eps)})",
     ]
-    lines += worst_element_lines(tensor)
-    if row["kinks"]:
-        lines.append(f"{int(row['kinks'])} element(s) crossed a kink and are not counted")
-    if "diagnosis" in row.index and isinstance(row["diagnosis"], str) and row["diagnosis"]:
-        lines.append(f"<b>diagnosis:</b> {html.escape(row['diagnosis'])}")
+    lines += worst_element_lines(tensor, by)
+    if tensor.kinks:
+        lines.append(f"{tensor.kinks} element(s) crossed a kink and are not counted")
+    if tensor.diagnosis.label:
+        lines.append(f"<b>diagnosis:</b> {html.escape(tensor.diagnosis.label)}")
     if rechecked:
         lines.append("<i>numbers from the re-check</i>")
     lines += [f"note: {html.escape(note)}" for note in result.notes]
     return "<br>".join(lines)
 
 
-def worst_element_lines(tensor: TensorCheck) -> list[str]:
-    position = tensor.worst_position
+def worst_element_lines(tensor: TensorCheck, by: str = "abs_error") -> list[str]:
+    """The worst counted element by ``by``: the first row of the worst-elements table that
+    is not an excused kink."""
+    position = tensor.worst_position_by(by)
     if position is None:
         return ["no element evaluated"]
     analytic, numeric = tensor.analytic[position], tensor.numeric[position]
@@ -379,9 +394,7 @@ def worst_element_lines(tensor: TensorCheck) -> list[str]:
     return [line]
 
 
-def recheck_html(
-    name: str, result: GradCheckResult, before: TensorCheck, after: TensorCheck
-) -> str:
+def recheck_html(name: str, result: CheckResult, before: TensorCheck, after: TensorCheck) -> str:
     return (
         f"re-checked {html.escape(name)} ({result.method}, ε={format_step(result.eps)}):"
         f"<br>{before.difference:.2e} {before.verdict} → {after.difference:.2e} "
@@ -391,4 +404,4 @@ def recheck_html(
 
 def error_html(error: BaseException) -> str:
     message = html.escape(f"{type(error).__name__}: {error}")
-    return f'<span style="color:{VERDICT_COLOURS["wrong"]}">re-check failed: {message}</span>'
+    return f'<span style="color:{FAILING_COLOUR}">re-check failed: {message}</span>'
