@@ -239,9 +239,10 @@ def test_quick_start_element_table_has_the_columns_named(quick_start):
 
 
 def test_gradcheck_magic_line_runs():
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # the one test shell: None after the first call
     namespace = demo_namespace()
     _, cache = forward(namespace["X"], namespace["Y"], namespace["parameters"])
     namespace["gradients"] = namespace["backward_propagation"](

@@ -246,6 +246,12 @@ def re_estimate(
 ) -> tuple[int, int]:
     """Central/one-sided estimates at steps REFINE_FACTOR**level times smaller.
 
+    An estimate that still disagrees is extrapolated (Richardson) from the two steps: the
+    truncation error of a scheme of order p shrinks as εᵖ, so (qᵖ·N(ε/q) − N(ε)) / (qᵖ − 1)
+    removes it. A zero gradient with curvature, which a one-sided difference estimates as
+    about ε·J''/2, is then recognised; a wrong gradient's discrepancy does not shrink with
+    the step and survives extrapolation.
+
     Returns (elements now agreeing, loss evaluations spent).
     """
     if not positions.size:
@@ -258,8 +264,24 @@ def re_estimate(
     setup.evaluator.element_losses(sub, scheme, outputs, ignore_tick, chunk)
     refined = measure_tensor(sub, setup, scheme, outputs, tol)
     agreeing = ~refined.element_failing
+    if not agreeing.all():
+        extrapolate(refined, tensor.numeric[positions], tensor.step[positions], scheme.order)
+        agreeing = ~refined.element_failing
     tensor.adopt(positions, refined, agreeing)
     return int(agreeing.sum()), outputs.evaluations
+
+
+def extrapolate(
+    refined: TensorCheck, coarse: np.ndarray, coarse_step: np.ndarray, order: int
+) -> None:
+    """Replace ``refined``'s failing estimates by their Richardson extrapolation with the
+    estimates ``coarse`` taken at ``coarse_step``."""
+    failing = refined.element_failing
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = (np.abs(coarse_step) / np.abs(refined.step)) ** order
+        extrapolated = (gain * refined.numeric - coarse) / (gain - 1)
+    usable = failing & np.isfinite(extrapolated) & (gain > 1)
+    refined.numeric[usable] = extrapolated[usable]
 
 
 # -- from loss values to measurements ---------------------------------------------------------
