@@ -11,23 +11,27 @@ tries simple explanations in turn, each of which must account for nearly every e
 - analytic ≈ c·numeric: a constant factor (c = −1: a sign flip);
 - analytic ≈ c·numericᵀ, or numericᵀ reshaped to the tensor's shape: a transpose;
 - analytic ≈ numeric − κ·θ: a missing L2 term, κ = λ/m;
-- round-off: no such structure, and the discrepancy is within a few times the round-off
-  floor: not a bug when the tensor passes; inconclusive when it fails (the check cannot
-  tell a bug that small from noise);
+- round-off: no such structure, and a failing tensor's discrepancy is within a few times
+  the round-off floor: inconclusive (the check cannot tell a bug that small from noise);
+- the right total over the wrong elements: a sum over the wrong axis;
 - only some rows, columns or elements wrong (and how: scaled, zero, sign);
 - otherwise no simple pattern, with the worst elements.
 
-:func:`diagnose_result` turns the per-tensor diagnoses into one for the whole check.
+:func:`diagnose_result` turns the per-tensor diagnoses into one for the whole check, naming
+a cause shared by several tensors once (one factor, one sign, the same units of a layer).
 
-A diagnosis never contradicts the verdict beside it: a passing tensor gets 'ok', 'kink',
-'noise' (round-off, not a bug) or 'unused'; a failing tensor never one of those that say
-"not a bug" ('noise' there says the check is inconclusive). :func:`diagnose` runs once per
-tensor, when the check ends (:meth:`~nbgradcheck.core.result.TensorCheck.freeze`).
+A sentence never names its own tensor: it is shown after the name ("W1: only columns 2, 4
+are wrong ..."). A diagnosis never contradicts the verdict beside it: a passing tensor
+gets 'ok' (nothing worth saying, round-off within the floor included), 'kink' or 'unused';
+a failing tensor never one of those ('noise' there says the check is inconclusive).
+:func:`diagnose` runs once per tensor, when the check ends
+(:meth:`~nbgradcheck.core.result.TensorCheck.freeze`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +55,16 @@ RESIDUAL_SHARE = 0.25
 # and the median this many standard errors away from 1.
 MAJORITY = 0.75
 SIGNIFICANCE = 5.0
+# ... and the ratios clustered round the factor: their robust spread at most this share
+# of it (scattered ratios with a median away from 1 are no scale, least of all near 0).
+RATIO_SPREAD = 0.5
+# A sum over the wrong axis keeps the total: Σ analytic = Σ numeric to this relative
+# accuracy (plus round-off), a total at least this share of Σ|numeric| (a total that
+# cancels says nothing), and at least this share of the measurable elements wrong (a
+# few wrong elements keeping the total are a local mistake: 'partial').
+AXIS_TOLERANCE = 1e-3
+AXIS_TOTAL_SHARE = 0.1
+AXIS_WRONG_SHARE = 0.5
 # Patterns need at least this many elements with a measurable gradient.
 MIN_PATTERN_ELEMENTS = 3
 # Discrepancies within this many round-off floors are noise (the verdict rules' margin).
@@ -66,10 +80,13 @@ class Diagnosis:
     """What kind of mistake explains a tensor's (or a whole check's) discrepancy.
 
     ``kind``: 'ok', 'scale', 'sign', 'transpose', 'missing_l2', 'extra_l2', 'zero',
-    'partial', 'none_found' (no simple pattern), or, not bugs: 'kink', 'noise' (round-off),
-    'random' (the loss is random), 'unused' (numeric and analytic gradients both zero),
-    and for a whole check also 'several'. ``failing``: said of a tensor (or check) that
-    fails; its 'noise' is inconclusive, not an acquittal.
+    'axis' (a sum over the wrong axis), 'partial', 'none_found' (no simple pattern), or,
+    not bugs: 'kink', 'noise' (round-off), 'random' (the loss is random), 'unused'
+    (numeric and analytic gradients both zero), and for a whole check also 'mask' (the
+    same units of a layer wrong in several tensors) and 'several'. ``failing``: said of a
+    tensor (or check) that fails; its 'noise' is inconclusive, not an acquittal. A
+    tensor's ``sentence`` does not name it (it follows the name); a whole check's names
+    every tensor it is about.
     """
 
     kind: str
@@ -81,6 +98,9 @@ class Diagnosis:
     columns: list[int] | None = None
     elements: list[tuple[int, ...]] | None = None
     failing: bool = False
+    # partial: the units (rows or columns of a matrix, elements of a vector) wrong, for
+    # matching a mask shared by a layer's weights and biases
+    units: list[int] | None = None
 
     @property
     def is_bug(self) -> bool:
@@ -102,10 +122,11 @@ def label_for(d: Diagnosis) -> str:
         "sign": "sign flip",
         "zero": "zero gradient",
         "kink": "kink (not a bug)",
-        "noise": "round-off: inconclusive" if d.failing else "round-off (not a bug)",
+        "noise": "round-off: inconclusive",  # a passing tensor within round-off gets 'ok'
         "random": "random loss",
         "unused": "loss does not depend on it",
         "none_found": "no simple pattern",
+        "axis": "wrong axis",
         "several": "several bugs",
     }
     if d.kind in labels:
@@ -115,6 +136,8 @@ def label_for(d: Diagnosis) -> str:
     if d.kind == "transpose":
         scaled = f" × {format_factor(d.factor)}" if d.factor not in (None, 1.0) else ""
         return "transposed" + scaled
+    if d.kind == "mask":
+        return f"units {', '.join(map(str, (d.units or [])[:MAX_LISTED]))}" + more(d.units or [])
     if d.kind in ("missing_l2", "extra_l2"):
         return f"{d.kind.split('_')[0]} L2 (κ ≈ {abs(d.l2_lambda or 0):.3g})"
     if d.rows:
@@ -245,15 +268,20 @@ def ratio(analytic: np.ndarray, numeric: np.ndarray, noise: np.ndarray) -> float
 
 
 def significant_factor(evidence: Evidence, factor: float) -> bool:
-    """Most element ratios sit nearer ``factor`` than 1, and their median is many standard
-    errors from 1: a scale seen through noisy (low-precision) numeric values."""
+    """Most element ratios sit nearer ``factor`` than 1, clustered round it (a spread of
+    at most RATIO_SPREAD·|factor|), and their median is many standard errors from 1: a
+    scale seen through noisy (low-precision) numeric values."""
     values = ratios(evidence.analytic, evidence.numeric, evidence.noise)
     if values.size < max(evidence.minimum, 8):
         return False
     nearer = np.mean(np.abs(values - factor) < np.abs(values - 1))
     spread = 1.4826 * np.median(np.abs(values - factor))  # robust standard deviation
     standard_error = 1.253 * spread / np.sqrt(values.size)  # of a median
-    return bool(nearer >= MAJORITY and abs(factor - 1) > SIGNIFICANCE * standard_error)
+    return bool(
+        nearer >= MAJORITY
+        and spread <= RATIO_SPREAD * abs(factor)
+        and abs(factor - 1) > SIGNIFICANCE * standard_error
+    )
 
 
 # -- one tensor -----------------------------------------------------------------------------
@@ -281,36 +309,52 @@ def failing_diagnosis(tensor: Any) -> Diagnosis:
     few = evidence.signal.sum() < evidence.minimum
     if found is None and few and record is not None and len(record.tests):
         found = whole_pattern(tensor, Evidence.of_directions(record), directions=True)
+        found = found if found is None or supported(found, evidence) else None
     # a pattern is structure, which round-off has not: it goes first
-    return found or round_off(tensor) or partial(tensor, evidence) or no_pattern(tensor, evidence)
+    return (
+        found
+        or round_off(tensor)
+        or wrong_axis(tensor, evidence)
+        or partial(tensor, evidence)
+        or no_pattern(tensor, evidence)
+    )
+
+
+def supported(found: Diagnosis, evidence: Evidence) -> bool:
+    """A pattern seen along random directions also explains every element checked one by
+    one whose gradient stands out of the noise (the directions alone can fit a factor to
+    a handful of numbers that no element bears out)."""
+    measurable = evidence.signal
+    if not measurable.any():
+        return True
+    sub = evidence.subset(measurable)
+    if found.factor is not None:
+        predicted = found.factor * sub.numeric
+        noise = sub.noise * max(1, abs(found.factor))
+    elif found.l2_lambda is not None:
+        predicted, noise = sub.numeric - found.l2_lambda * sub.values, sub.noise
+    else:
+        return True
+    return bool(explained(predicted, sub.analytic, noise).all())
 
 
 def passing_diagnosis(tensor: Any) -> Diagnosis:
+    """A passing tensor: 'unused' or 'kink' when there is something worth saying, else
+    'ok' (a difference within the round-off floor included: the verdict says it all)."""
     if tensor.unused:
         return Diagnosis(
             "unused",
-            f"{tensor.name}: the loss does not depend on it (numeric and analytic gradients "
-            f"are both zero)",
+            "the loss does not depend on it (numeric and analytic gradients are both zero)",
             tensor.name,
         )
     kink_text = kinks_text(tensor)
-    difference = tensor.difference
-    if not np.isnan(difference) and difference > tensor.tol:
-        sentence = (
-            f"{tensor.name} differs by {difference:.1e}, within the round-off floor "
-            f"{tensor.floor:.1e} of this {np.dtype(tensor.dtype).name} check: not a "
-            f"bug"
-        )
-        if kink_text:
-            sentence += f"; {kink_text}"
-        return Diagnosis("noise", sentence, tensor.name)
     if kink_text:
-        return Diagnosis("kink", f"not a bug: {kink_text}", tensor.name)
-    return Diagnosis("ok", f"{tensor.name}: no discrepancy", tensor.name)
+        return Diagnosis("kink", kink_text, tensor.name)
+    return Diagnosis("ok", "no discrepancy", tensor.name)
 
 
 def kinks_text(tensor: Any) -> str:
-    """'3 elements of W1 crossed a kink ...' ('' when none did), counting fast mode's
+    """'3 elements crossed a kink ...' ('' when none did), counting fast mode's
     whole-tensor directions too."""
     elements = int((tensor.kink & tensor.evaluated).sum())
     record = tensor.directional
@@ -321,8 +365,8 @@ def kinks_text(tensor: Any) -> str:
     if not parts:
         return ""
     return (
-        f"{' and '.join(parts)} of {tensor.name} crossed a kink (ReLU, max, abs) between "
-        f"θ−ε and θ+ε; the code is right there"
+        f"{' and '.join(parts)} crossed a kink (ReLU, max, abs) between θ−ε and θ+ε, where "
+        f"the numeric estimate is off and the code is right"
     )
 
 
@@ -331,10 +375,10 @@ def random_loss(tensor: Any) -> Diagnosis | None:
         return None
     return Diagnosis(
         "random",
-        f"the loss is random: evaluated again at the unperturbed parameters it returned "
-        f"another value, so the discrepancy in {tensor.name} may be noise, not a gradient "
-        f"bug. Pass seed=0 (re-seeds NumPy before every evaluation) or switch the "
-        f"randomness (dropout, shuffling, augmentation) off for the check",
+        "the loss is random: evaluated again at the unperturbed parameters it returned "
+        "another value, so the discrepancy may be noise, not a gradient bug. Pass seed=0 "
+        "(re-seeds NumPy before every evaluation) or switch the randomness (dropout, "
+        "shuffling, augmentation) off for the check",
         tensor.name,
     )
 
@@ -348,9 +392,9 @@ def zero_gradient(tensor: Any) -> Diagnosis | None:
     largest = f" (numeric values up to {np.max(np.abs(numeric)):.2e})" if numeric.size else ""
     return Diagnosis(
         "zero",
-        f"the analytic gradient of {tensor.name} is zero everywhere but the loss depends on "
-        f"it{largest}: {tensor.name} is not connected to the backward pass (detached, never "
-        f"assigned, stored under another key, or overwritten with zeros)",
+        f"the analytic gradient is zero everywhere but the loss depends on the tensor"
+        f"{largest}: it is not connected to the backward pass (detached, never assigned, "
+        f"stored under another key, or overwritten with zeros)",
         tensor.name,
         factor=0.0,
     )
@@ -368,7 +412,7 @@ def round_off(tensor: Any) -> Diagnosis | None:
     floor = max(s.floor for s in over)
     return Diagnosis(
         "noise",
-        f"{tensor.name} differs by {tensor.difference:.1e}, within {NOISE_MARGIN:g}× the "
+        f"differs by {tensor.difference:.1e}, within {NOISE_MARGIN:g}× the "
         f"round-off floor {floor:.1e} of this {np.dtype(tensor.dtype).name} check: too "
         f"close to round-off to tell a bug from noise. Use eps='auto' (a step suited to "
         f"the dtype) or float64 parameters",
@@ -392,9 +436,10 @@ def scaled(
     name: str, evidence: Evidence, directions: bool, statistically: bool = False
 ) -> Diagnosis | None:
     """analytic ≈ c·numeric element by element, or (``statistically``, for noisy
-    low-precision values) in the ratios' median and majority."""
+    low-precision values) in the ratios' median and majority. A factor of 0 is no scale:
+    an analytic gradient zero where the numeric one is not is a missing term."""
     factor = ratio(evidence.analytic, evidence.numeric, evidence.noise)
-    if factor is None or abs(factor - 1) <= PATTERN_TOLERANCE:
+    if not factor or abs(factor - 1) <= PATTERN_TOLERANCE:
         return None
     predicted, noise = factor * evidence.numeric, evidence.noise * max(1, abs(factor))
     if not (
@@ -405,21 +450,23 @@ def scaled(
     if abs(factor + 1) <= 10 * PATTERN_TOLERANCE:
         return Diagnosis(
             "sign",
-            f"the gradient of {name} has the wrong sign{seen} (analytic ≈ −numeric): "
-            f"a minus sign lost or added (e.g. y − a written as a − y, or -= for +=)",
+            f"the gradient has the wrong sign{seen} (analytic ≈ −numeric): {SIGN_CAUSES}",
             name,
             factor=-1.0,
         )
     return Diagnosis(
         "scale",
-        f"analytic ≈ {format_factor(factor)} × numeric for {name}{seen}: {scale_causes(factor)}",
+        f"analytic ≈ {format_factor(factor)} × numeric{seen}: {scale_causes(factor)}",
         name,
         factor=factor,
     )
 
 
+SIGN_CAUSES = "a minus sign lost or added (e.g. y − a written as a − y, or -= for +=)"
+
+
 def scale_causes(factor: float) -> str:
-    """The usual mistakes behind a constant factor."""
+    """The usual mistakes behind a constant factor (without guessing the batch size)."""
     close = 10 * PATTERN_TOLERANCE
     whole, inverse = round(factor), round(1 / factor) if factor else 0
     if factor < 0:
@@ -430,15 +477,15 @@ def scale_causes(factor: float) -> str:
         return "a missing factor 2 (½ applied twice, or 2·x written as x)"
     if whole >= 3 and abs(factor - whole) <= close * factor:
         return (
-            f"the gradient is {whole}× too large: a missing 1/m if m = {whole} is the "
-            f"number of examples, else a stray constant ({whole}/m written for 1/m?)"
+            f"the gradient is {whole}× too large: a stray factor {whole}, or a missing 1/m "
+            f"if the batch holds {whole} examples"
         )
     if inverse >= 3 and abs(1 / factor - inverse) <= close / factor:
         return (
-            f"an extra 1/m: the gradient is divided by {inverse} once too often (is m = "
-            f"{inverse} the number of examples?)"
+            f"the gradient is {inverse}× too small: a stray factor 1/{inverse}, or an extra "
+            f"1/m (divided by m once too often) if the batch holds {inverse} examples"
         )
-    return "a constant factor in the backward pass only (a scale, temperature or 1/m?)"
+    return "a constant factor in the backward pass only (a scale, a temperature or a 1/m)"
 
 
 def transposition_maps(shape: tuple[int, ...]) -> list[tuple[str, Callable]]:
@@ -498,21 +545,21 @@ def lookup(known: np.ndarray, wanted: np.ndarray, size: int) -> tuple[np.ndarray
 
 
 def transpose_sentence(tensor: Any, label: str, factor: float) -> str:
-    name, (rows, columns) = tensor.name, tensor.shape
+    rows, columns = tensor.shape
     scaled = "" if factor == 1.0 else f", scaled by {format_factor(factor)}"
     if rows == columns:
-        what = f"analytic ≈ numericᵀ for {name}{scaled}: the gradient is transposed"
+        what = f"analytic ≈ numericᵀ{scaled}: the gradient is transposed"
     elif label == "transposed":
         what = (
-            f"analytic ≈ numericᵀ reshaped to ({rows}, {columns}) for {name}{scaled}: the "
-            f"gradient was computed with shape ({columns}, {rows}) and reshaped to fit"
+            f"analytic ≈ numericᵀ reshaped to ({rows}, {columns}){scaled}: the gradient was "
+            f"computed with shape ({columns}, {rows}) and reshaped to fit"
         )
     else:
         what = (
-            f"analytic ≈ numeric.reshape({columns}, {rows})ᵀ for {name}{scaled}: the "
-            f"gradient's layout is transposed"
+            f"analytic ≈ numeric.reshape({columns}, {rows})ᵀ{scaled}: the gradient's layout "
+            f"is transposed"
         )
-    return what + " (for W in Z = W·A the gradient is dZ·Aᵀ, not A·dZᵀ)"
+    return what + " (when Z = W·A, the weight's gradient is dZ·Aᵀ, not A·dZᵀ)"
 
 
 def l2_term(name: str, evidence: Evidence, directions: bool) -> Diagnosis | None:
@@ -529,17 +576,53 @@ def l2_term(name: str, evidence: Evidence, directions: bool) -> Diagnosis | None
         return None
     if kappa > 0:
         sentence = (
-            f"the residual numeric − analytic of {name} is proportional to {name}: "
-            f"an L2 term κ·{name} with κ ≈ {kappa:.3g} is missing from the gradient "
-            f"(a cost with (λ/2m)·‖{name}‖² needs (λ/m)·{name}; λ/m ≈ {kappa:.3g})"
+            f"numeric − analytic is proportional to the parameter θ: an L2 term κ·θ with "
+            f"κ ≈ {kappa:.3g} is missing from the gradient (a cost with (λ/2m)·‖θ‖² needs "
+            f"(λ/m)·θ in it; λ/m ≈ {kappa:.3g})"
         )
         return Diagnosis("missing_l2", sentence, name, l2_lambda=kappa)
     sentence = (
-        f"the analytic gradient of {name} has an extra term {-kappa:.3g}·{name} that "
+        f"the analytic gradient has an extra term {-kappa:.3g}·θ (θ the parameter) that "
         f"the cost does not have: an L2 term added in backprop but not in the cost "
         f"(or with a larger λ)"
     )
     return Diagnosis("extra_l2", sentence, name, l2_lambda=kappa)
+
+
+# -- the right total in the wrong places ----------------------------------------------------
+
+
+def wrong_axis(tensor: Any, evidence: Evidence) -> Diagnosis | None:
+    """Σ analytic = Σ numeric over the whole tensor, distributed differently over most of
+    its elements (or every element holding the total): a sum over the wrong axis, such as
+    db = dout.sum(axis=1) where axis=0 belongs, or a mean broadcast to every element."""
+    if tensor.size < 2 or evidence.indices.size != tensor.size:
+        return None  # the totals need every element
+    measurable = evidence.signal
+    if evidence.failing.sum() < AXIS_WRONG_SHARE * max(measurable.sum(), 1):
+        return None
+    numeric, analytic = evidence.numeric, evidence.analytic
+    total, magnitude, noise = numeric.sum(), np.abs(numeric).sum(), evidence.noise.sum()
+    if abs(total) < max(AXIS_TOTAL_SHARE * magnitude, NOISE_MARGIN * noise):
+        return None
+    slack = AXIS_TOLERANCE * (magnitude + np.abs(analytic).sum()) + NOISE_MARGIN * noise
+    if abs(analytic.sum() - total) <= slack:
+        return Diagnosis(
+            "axis",
+            f"the right total (Σ analytic ≈ Σ numeric ≈ {total:.4g}) spread over the wrong "
+            f"elements: a sum over the wrong axis (e.g. db = dout.sum(axis=1) where "
+            f"axis=0 belongs: one value per example, not per unit), or a mean broadcast "
+            f"to every element",
+            tensor.name,
+        )
+    if np.all(explained(np.full_like(analytic, total), analytic, evidence.noise)):
+        return Diagnosis(
+            "axis",
+            f"every element holds the total Σ numeric ≈ {total:.4g}: a sum over every axis "
+            f"(dout.sum()) where a sum over one axis belongs",
+            tensor.name,
+        )
+    return None
 
 
 # -- only part of the tensor wrong ----------------------------------------------------------
@@ -556,26 +639,28 @@ def partial(tensor: Any, evidence: Evidence) -> Diagnosis | None:
     name = tensor.name
     if rows:
         sentence = (
-            f"only row{'s' if len(rows) > 1 else ''} {list_text(rows)} of {name} "
+            f"only row{'s' if len(rows) > 1 else ''} {list_text(rows)} "
             f"{'are' if len(rows) > 1 else 'is'} wrong ({checked}){how}: look at what "
             f"differs for those rows (a slice, a mask, an index off by one)"
         )
-        return Diagnosis("partial", sentence, name, rows=rows)
+        return Diagnosis("partial", sentence, name, rows=rows, units=rows)
     if columns:
         sentence = (
-            f"only column{'s' if len(columns) > 1 else ''} {list_text(columns)} of "
-            f"{name} {'are' if len(columns) > 1 else 'is'} wrong ({checked}){how}: "
+            f"only column{'s' if len(columns) > 1 else ''} {list_text(columns)} "
+            f"{'are' if len(columns) > 1 else 'is'} wrong ({checked}){how}: "
             f"look at what differs for those columns (an input feature, a mask)"
         )
-        return Diagnosis("partial", sentence, name, columns=columns)
+        return Diagnosis("partial", sentence, name, columns=columns, units=columns)
     order = np.argsort(-np.abs(evidence.numeric - evidence.analytic)[wrong], kind="stable")
     elements = [multi_index(tensor.shape, i) for i in evidence.indices[wrong][order]]
     listed = worst_text(tensor, evidence.subset(wrong), order)
     sentence = (
-        f"only {len(elements)} element{'s' if len(elements) > 1 else ''} of {name} "
+        f"only {len(elements)} element{'s' if len(elements) > 1 else ''} "
         f"{'are' if len(elements) > 1 else 'is'} wrong ({checked}){how}: {listed}"
     )
-    return Diagnosis("partial", sentence, name, elements=elements)
+    vector = sum(extent > 1 for extent in tensor.shape) <= 1
+    units = sorted(int(i) for i in evidence.indices[wrong]) if vector else None
+    return Diagnosis("partial", sentence, name, elements=elements, units=units)
 
 
 def wrong_lines(shape: tuple[int, ...], evidence: Evidence) -> tuple[list[int], list[int]]:
@@ -624,7 +709,7 @@ def no_pattern(tensor: Any, evidence: Evidence) -> Diagnosis:
         difference = tensor.difference
         return Diagnosis(
             "none_found",
-            f"{tensor.name}: random directional derivatives disagree (relative difference "
+            f"random directional derivatives disagree (relative difference "
             f"{difference:.1e}) but no element checked one by one is wrong: many small "
             f"errors spread over the tensor? mode='full' checks every element",
             tensor.name,
@@ -634,17 +719,33 @@ def no_pattern(tensor: Any, evidence: Evidence) -> Diagnosis:
     elements = [multi_index(tensor.shape, i) for i in evidence.indices[wrong][order]]
     return Diagnosis(
         "none_found",
-        f"no simple pattern in {tensor.name} (not a constant factor, sign, transpose, L2 term "
-        f"or a few rows): worst {worst_text(tensor, evidence.subset(wrong), order)}",
+        f"no simple pattern (not a constant factor, sign, transpose, L2 term, wrong axis or "
+        f"a few rows){shortfall_text(evidence.subset(wrong))}: worst elements "
+        f"{worst_text(tensor, evidence.subset(wrong), order)}",
         tensor.name,
         elements=elements,
     )
 
 
+def shortfall_text(wrong: Evidence) -> str:
+    """'; |analytic| < |numeric| at 7 of 8 wrong elements ...' when the analytic values
+    mostly fall short (zero included): terms missing from a sum."""
+    short = np.abs(wrong.analytic) < np.abs(wrong.numeric)
+    if wrong.numeric.size < 2 or short.mean() < MAJORITY:
+        return ""
+    zeros = int(np.sum((wrong.analytic == 0) & (np.abs(wrong.numeric) > wrong.noise)))
+    zero_text = f" (0 at {zeros} of them)" if zeros else ""
+    return (
+        f"; |analytic| < |numeric| at {int(short.sum())} of {short.size} wrong elements"
+        f"{zero_text}: terms missing from a sum, as when a gradient is assigned (=) where "
+        f"it must accumulate (+=) or a path is not followed back"
+    )
+
+
 def worst_text(tensor: Any, evidence: Evidence, order: np.ndarray) -> str:
-    """'W1[0, 3] (analytic 0.5, numeric 0.25), ...' for the first few in ``order``."""
+    """'[0, 3] (analytic 0.5, numeric 0.25), ...' for the first few in ``order``."""
     parts = [
-        f"{tensor.name}{format_index(multi_index(tensor.shape, evidence.indices[i]))} "
+        f"{format_index(multi_index(tensor.shape, evidence.indices[i]))} "
         f"(analytic {evidence.analytic[i]:.4g}, numeric {evidence.numeric[i]:.4g})"
         for i in order[:MAX_LISTED]
     ]
@@ -669,7 +770,7 @@ def diagnose_result(
     diagnoses: dict[str, Diagnosis], failing: list[str] | tuple = (), complete: bool = True
 ) -> Diagnosis:
     """One diagnosis for a check from its per-tensor ones (``result.diagnoses``) and the
-    names of the failing tensors."""
+    names of the failing tensors: a cause shared by several tensors is named once."""
     random = [name for name, d in diagnoses.items() if d.kind == "random"]
     if random:
         return Diagnosis(
@@ -684,17 +785,7 @@ def diagnose_result(
         return no_bug(diagnoses, [n for n in failing if n in diagnoses], complete)
     if len(bugs) == 1:
         name, d = next(iter(bugs.items()))
-        return Diagnosis(
-            d.kind,
-            f"{name}: {d.sentence}",
-            name,
-            d.factor,
-            d.l2_lambda,
-            d.rows,
-            d.columns,
-            d.elements,
-            failing=d.failing,
-        )
+        return dataclasses.replace(d, sentence=f"{name}: {d.sentence}", name=name)
     return common_pattern(bugs) or Diagnosis(
         "several",
         f"{len(bugs)} tensors are wrong: "
@@ -710,40 +801,132 @@ def no_bug(diagnoses: dict[str, Diagnosis], excused: list[str], complete: bool) 
         first = diagnoses[excused[0]]
         return Diagnosis(
             first.kind,
-            f"{', '.join(excused)} failed within the round-off of this check, which cannot "
-            f"tell a bug that small from noise: {first.sentence}",
+            "inconclusive: " + "; ".join(f"{n}: {diagnoses[n].sentence}" for n in excused),
             failing=True,
         )
     sentence = "no bug found" + ("" if complete else " in the part checked (interrupted)")
     if diagnoses:
-        sentence += "; " + "; ".join(d.sentence for d in diagnoses.values())
+        sentence += "; " + "; ".join(f"{n}: {d.sentence}" for n, d in diagnoses.items())
     return Diagnosis("ok", sentence)
 
 
+# -- causes shared by several tensors -------------------------------------------------------
+
+
 def common_pattern(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
-    """Several tensors with one factor, or one missing L2 coefficient."""
-    names = ", ".join(bugs)
+    """One cause behind several tensors: one factor, one sign flip, one missing L2
+    coefficient, or the same units of a layer."""
+    return shared_scale(bugs) or shared_sign(bugs) or shared_l2(bugs) or shared_units(bugs)
+
+
+def shared_scale(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
     factor = shared_value([d.factor for d in bugs.values() if d.kind == "scale"], len(bugs))
-    if factor is not None:
-        return Diagnosis(
-            "scale",
-            f"{names} are all scaled by {format_factor(factor)}: one factor "
-            f"upstream of them, which every gradient below inherits (the output error dZ, or "
-            f"1/m applied in the wrong place)? {scale_causes(factor)}",
-            factor=factor,
-            failing=True,
-        )
+    if factor is None:
+        return None
+    return Diagnosis(
+        "scale",
+        f"{and_list(list(bugs))} are off by the same factor {format_factor(factor)}: the "
+        f"error is {upstream(list(bugs))}; {scale_causes(factor)}",
+        factor=factor,
+        failing=True,
+    )
+
+
+def shared_sign(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
+    if any(d.kind != "sign" for d in bugs.values()):
+        return None
+    return Diagnosis(
+        "sign",
+        f"{and_list(list(bugs))} {all_or_both(bugs)} have the wrong sign (analytic ≈ −numeric): "
+        f"one sign "
+        f"error {upstream(list(bugs))}: {SIGN_CAUSES}",
+        factor=-1.0,
+        failing=True,
+    )
+
+
+def shared_l2(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
     kappa = shared_value([d.l2_lambda for d in bugs.values() if d.kind == "missing_l2"], len(bugs))
-    if kappa is not None:
-        return Diagnosis(
-            "missing_l2",
-            f"{names} all miss the same L2 term κ·θ with κ ≈ {kappa:.3g}: the "
-            f"cost has (λ/2m)·Σ‖W‖² but the backward pass leaves out (λ/m)·W "
-            f"(λ/m ≈ {kappa:.3g})",
-            l2_lambda=kappa,
-            failing=True,
+    if kappa is None:
+        return None
+    return Diagnosis(
+        "missing_l2",
+        f"{and_list(list(bugs))} {all_or_both(bugs)} miss the same L2 term κ·θ with "
+        f"κ ≈ {kappa:.3g}: the cost has (λ/2m)·Σ‖W‖² but the backward pass leaves out (λ/m)·W "
+        f"(λ/m ≈ {kappa:.3g})",
+        l2_lambda=kappa,
+        failing=True,
+    )
+
+
+def shared_units(bugs: dict[str, Diagnosis]) -> Diagnosis | None:
+    """The same units wrong in every tensor (columns or rows of a layer's weights,
+    elements of its bias), the others right: a mask or comparison in the gradient
+    flowing into the layer."""
+    units = [d.units for d in bugs.values() if d.kind == "partial" and d.units]
+    if len(units) != len(bugs) or any(u != units[0] for u in units):
+        return None
+    names = list(bugs)
+    layer = layer_number(names)
+    where = f" of layer {layer}" if layer is not None else ""
+    parts = and_list([f"{name} ({lines_text(d)})" for name, d in bugs.items()])
+    return Diagnosis(
+        "mask",
+        f"unit{'s' if len(units[0]) > 1 else ''} {list_text(units[0])}{where} "
+        f"{'are' if len(units[0]) > 1 else 'is'} wrong in "
+        f"{parts}, the other units right: one cause {upstream(names)}: a mask or "
+        f"comparison (> for >=?, a dropout or ReLU mask not applied, or applied to the "
+        f"wrong units)",
+        failing=True,
+        units=units[0],
+    )
+
+
+def lines_text(d: Diagnosis) -> str:
+    """'columns 2, 4', 'rows 1, 3' or 'elements 2, 4'."""
+    what = "rows" if d.rows else "columns" if d.columns else "elements"
+    lines = d.rows or d.columns or d.units or []
+    return f"{what if len(lines) > 1 else what[:-1]} {list_text(lines)}"
+
+
+def upstream(names: list[str]) -> str:
+    """Where an error shared by ``names`` enters: 'in the gradient flowing into layer 1
+    (dZ1), not in dW1 or db1' (the highest-numbered layer when they span several: the
+    layers below inherit it)."""
+    own = (
+        f"not in {' or '.join('d' + n for n in names)}"
+        if len(names) <= 3 and all(n.isidentifier() for n in names)
+        else "not in each tensor's own gradient"
+    )
+    layer = layer_number(names)
+    if layer is not None:
+        return f"in the gradient flowing into layer {layer} (dZ{layer}), {own}"
+    numbers = [layer_number([name]) for name in names]
+    if None not in numbers:
+        top = max(numbers, key=int)
+        return (
+            f"in the gradient flowing into layer {top} (dZ{top}), which every layer below "
+            f"inherits, {own}"
         )
-    return None
+    return (
+        f"in the gradient flowing into their layer (the delta they are computed from: dZ, "
+        f"dscores, dout), {own}"
+    )
+
+
+def layer_number(names: list[str]) -> str | None:
+    """The layer number the names share ('1' for W1 and b1; the last number in each)."""
+    numbers = {(re.findall(r"\d+", name) or [None])[-1] for name in names}
+    return numbers.pop() if len(numbers) == 1 else None
+
+
+def all_or_both(items: Any) -> str:
+    return "both" if len(items) == 2 else "all"
+
+
+def and_list(items: list[str]) -> str:
+    """'W1 and b1', 'W1, b1 and W2'."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def shared_value(values: list[float | None], count: int) -> float | None:

@@ -4,7 +4,8 @@ Every mode (full, sample, fast) and the epsilon sweep evaluate the loss through 
 :class:`Evaluator`:
 
 - ``element_losses(plan, scheme, outputs, tick, chunk)``: J with each planned element set,
-  one at a time, to θ+ε and/or θ−ε (as the scheme says), appended to ``outputs``;
+  one at a time, to θ+ε and/or θ−ε (as the scheme says), recorded in ``outputs`` (an
+  :class:`Outputs`: preallocated arrays filled in plan order);
 - ``group_losses(position, groups, scheme)``: J with a whole group of elements set at once
   to each of its two points (fast mode's directional tests), in order.
 
@@ -12,7 +13,8 @@ Implementations: :class:`InProcessEvaluator` (the loop, or the adapter's vectori
 where it offers them) here, and the executor evaluator in :mod:`nbgradcheck.parallel`
 (process pools, Dask), which runs an :class:`InProcessEvaluator` on each worker's copy.
 Every element or group perturbed is written back exactly, also when the loss raises or
-the user presses Ctrl-C; values computed before an interruption stay in ``outputs``.
+the user presses Ctrl-C; values computed before an interruption stay in ``outputs``, the
+others stay NaN.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from nbgradcheck.adapters.base import ParameterAdapter
 from nbgradcheck.adapters.numpy import element_setter, format_index
-from nbgradcheck.errors import LossError
+from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError
 
 if TYPE_CHECKING:
     from nbgradcheck.core.plan import TensorPlan
@@ -33,14 +35,57 @@ if TYPE_CHECKING:
 
 Evaluate = Callable[[], Any]
 Tick = Callable[[int], None]
-Outputs = tuple[list, list]  # J at θ+ε, J at θ−ε, in plan order
 # (indices, θ+δ values, θ−δ values) of one group; None for a test not evaluated
 GroupPoints = tuple[np.ndarray, np.ndarray, np.ndarray] | None
-# A batched call (adapters with batched_losses) gets at least this many elements: a vmap
-# call has a fixed cost that only many elements repay; the adapter bounds the memory.
+# A batched call (adapters with batched_losses) gets at least this many elements (both
+# sides of each): a batched call has a fixed cost that only many elements repay; the
+# adapter splits it further to bound the memory.
 BATCH_ELEMENTS = 1024
 # The first words of the note naming the element in flight when the loss raised.
 ELEMENT_NOTE = "(nbgradcheck: raised while"
+# The loops read the plan's arrays as Python lists this many elements at a time.
+LOOP_BLOCK = 4096
+REAL_FOR_COMPLEX = (
+    "with method='complex' the loss returned a real number for complex parameters: "
+    "something in it (float(), np.real, .astype(float), abs) drops the imaginary "
+    "part; make it complex-safe or use method='central'"
+)
+
+
+class Outputs:
+    """J at θ+ε and at θ−ε for the elements of one plan, in plan order.
+
+    Preallocated float arrays (complex for the complex step), NaN until evaluated;
+    ``filled`` counts the values recorded on each side, so an interrupted evaluation
+    keeps what it computed.
+    """
+
+    __slots__ = ("filled", "minus", "plus")
+
+    def __init__(self, count: int, complex_values: bool = False) -> None:
+        self.plus = np.full(count, np.nan, dtype=complex if complex_values else float)
+        self.minus = np.full(count, np.nan, dtype=float)
+        self.filled = [0, 0]
+
+    @classmethod
+    def for_plan(cls, plan: TensorPlan, scheme: Scheme) -> Outputs:
+        return cls(int(plan.indices.size), complex_values=not scheme.real_steps)
+
+    def extend(self, side: int, values: Any) -> None:
+        """Record the next values of one side (0: θ+ε, 1: θ−ε)."""
+        values = np.asarray(values)
+        target = self.plus if side == 0 else self.minus
+        start = self.filled[side]
+        target[start : start + values.size] = values
+        self.filled[side] = start + values.size
+
+    def recorded(self, side: int) -> np.ndarray:
+        """The values of one side recorded so far."""
+        return (self.plus, self.minus)[side][: self.filled[side]]
+
+    @property
+    def evaluations(self) -> int:
+        return self.filled[0] + self.filled[1]
 
 
 # -- calling the loss -----------------------------------------------------------------------
@@ -70,10 +115,21 @@ def loss_scalar(value: Any) -> Any:
     if type(value) is float:
         return value
     if isinstance(value, (np.floating, np.integer, int, float)) and not isinstance(value, bool):
-        return float(value)
+        return finite_in_float64(value)
     if isinstance(value, (complex, np.complexfloating)):
         return complex(value)
     return array_scalar(value)
+
+
+def finite_in_float64(value: Any) -> float:
+    """``float(value)``; a clear error for a finite value float64 cannot hold (long double)."""
+    converted = float(value)
+    if not np.isfinite(converted) and np.isfinite(value):
+        raise NonFiniteLossError(
+            f"the loss returned {value!r} ({type(value).__name__}), beyond the float64 range "
+            f"the check computes in: scale the loss down (e.g. a mean instead of a sum)"
+        )
+    return converted
 
 
 def array_scalar(value: Any) -> Any:
@@ -95,7 +151,7 @@ def array_scalar(value: Any) -> Any:
             f"scalar: reduce it (e.g. np.mean) or return the cost first in a tuple"
         )
     item = array.reshape(()).item()
-    return complex(item) if array.dtype.kind == "c" else float(item)
+    return complex(item) if array.dtype.kind == "c" else finite_in_float64(item)
 
 
 def loss_dtype(value: Any) -> np.dtype | None:
@@ -154,7 +210,7 @@ class Evaluator(Protocol):
     def element_losses(
         self, plan: TensorPlan, scheme: Scheme, outputs: Outputs, tick: Tick, chunk: int
     ) -> None:
-        """Append J at the plan's points to ``outputs``; ``tick(k)`` after k elements."""
+        """Record J at the plan's points in ``outputs``; ``tick(k)`` after k elements."""
 
     def group_losses(
         self, position: int, groups: Sequence[GroupPoints], scheme: Scheme
@@ -168,7 +224,7 @@ def in_flight(plan: TensorPlan, scheme: Scheme, outputs: Outputs) -> str:
     The side a scheme records last (θ−ε for central and backward) counts the elements
     finished; the next one was in flight.
     """
-    done = len(outputs[1]) if scheme.minus else len(outputs[0])
+    done = outputs.filled[1] if scheme.minus else outputs.filled[0]
     flat = int(plan.indices[min(done, plan.indices.size - 1)])
     return plan.name + format_index(np.unravel_index(flat, plan.shape))
 
@@ -216,23 +272,24 @@ class InProcessEvaluator:
                 evaluate_two_sided(
                     self.adapter.element_setter(plan.position),
                     self.evaluate,
-                    plan.indices.tolist(),
-                    plan.plus.tolist(),
-                    plan.minus.tolist(),
-                    plan.values.tolist(),
+                    plan.indices,
+                    plan.plus,
+                    plan.minus,
+                    plan.values,
                     outputs,
                     tick,
                     chunk,
                 )
             else:
-                side, out = (plan.plus, outputs[0]) if scheme.plus else (plan.minus, outputs[1])
+                side = 0 if scheme.plus else 1
                 evaluate_one_sided(
                     self.adapter.element_setter(plan.position),
                     self.evaluate,
-                    plan.indices.tolist(),
-                    side.tolist(),
-                    plan.values.tolist(),
-                    out,
+                    plan.indices,
+                    plan.plus if scheme.plus else plan.minus,
+                    plan.values,
+                    outputs,
+                    side,
                     tick,
                     chunk,
                 )
@@ -245,22 +302,25 @@ class InProcessEvaluator:
     def batched_losses(
         self, plan: TensorPlan, scheme: Scheme, outputs: Outputs, tick: Tick, chunk: int
     ) -> None:
-        """Through the adapter's ``batched_losses``, chunk by chunk."""
-        sides = [(plan.plus, outputs[0])] if scheme.plus else []
-        sides += [(plan.minus, outputs[1])] if scheme.minus else []
+        """Through the adapter's ``batched_losses``: both sides of a chunk in one call."""
+        sides = [side for side, used in enumerate((scheme.plus, scheme.minus)) if used]
+        points = (plan.plus, plan.minus)
         for start in range(0, plan.indices.size, chunk):
-            stop = start + chunk
-            for shifted, out in sides:
-                losses = self.adapter.batched_losses(
-                    plan.position, plan.indices[start:stop], shifted[start:stop]
-                )
-                out.extend(np.asarray(losses, dtype=float).tolist())
-            tick(min(stop, plan.indices.size) - start)
+            stop = min(start + chunk, plan.indices.size)
+            indices = plan.indices[start:stop]
+            values = np.concatenate([points[side][start:stop] for side in sides])
+            losses = self.adapter.batched_losses(
+                plan.position, np.tile(indices, len(sides)), values
+            )
+            losses = np.asarray(losses, dtype=float)
+            for k, side in enumerate(sides):
+                outputs.extend(side, losses[k * indices.size : (k + 1) * indices.size])
+            tick(stop - start)
 
     def complex_losses(self, plan: TensorPlan, outputs: Outputs, tick: Tick, chunk: int) -> None:
         """J(θ+iε): the loss gets the structure with this tensor as a complex copy."""
         if not self.pass_argument:
-            raise LossError(
+            raise GradCheckError(
                 "method='complex' needs a loss that takes the parameters as its argument, "
                 "loss(params): the user's real arrays cannot hold complex values"
             )
@@ -271,11 +331,12 @@ class InProcessEvaluator:
         evaluate = make_evaluator(self.loss, self.adapter, True, self.seed, argument=argument)
         evaluate_one_sided(
             element_setter(complex_copy),
-            evaluate,
-            plan.indices.tolist(),
-            plan.plus.tolist(),
-            plan.values.tolist(),
-            outputs[0],
+            complex_only(evaluate),
+            plan.indices,
+            plan.plus,
+            plan.values,
+            outputs,
+            0,
             tick,
             chunk,
         )
@@ -315,55 +376,89 @@ class InProcessEvaluator:
 # -- the loops ------------------------------------------------------------------------------
 
 
+def complex_only(evaluate: Evaluate) -> Evaluate:
+    """``evaluate``, refusing a real J where the complex step needs a complex one."""
+
+    def checked() -> Any:
+        value = evaluate()
+        if type(value) is not complex and np.isfinite(value):  # NaN: the non-finite check
+            raise LossError(REAL_FOR_COMPLEX)
+        return value
+
+    return checked
+
+
 def evaluate_two_sided(
     set_element: Callable,
     evaluate: Evaluate,
-    indices: list[int],
-    plus: list,
-    minus: list,
-    original: list,
+    indices: np.ndarray,
+    plus: np.ndarray,
+    minus: np.ndarray,
+    original: np.ndarray,
     outputs: Outputs,
     tick: Tick,
     chunk: int,
 ) -> None:
-    """Append J(θ+ε) and J(θ−ε) for each element to ``outputs``."""
-    out_plus, out_minus = outputs
-    j = -1
-    try:
-        for j, i in enumerate(indices):
-            set_element(i, plus[j])
-            out_plus.append(evaluate())
-            set_element(i, minus[j])
-            out_minus.append(evaluate())
-            set_element(i, original[j])
-            if (j + 1) % chunk == 0:
-                tick(chunk)
-    finally:
-        if j >= 0:
-            set_element(indices[j], original[j])
-    tick(len(indices) % chunk)
+    """Record J(θ+ε) and J(θ−ε) for each element in ``outputs``.
+
+    The arrays are turned into Python lists LOOP_BLOCK elements at a time (lists of
+    Python floats cost 32 bytes an element)."""
+    out_plus, out_minus = outputs.plus, outputs.minus
+    offset = outputs.filled[0]
+    done_plus = done_minus = 0
+    for start in range(0, indices.size, LOOP_BLOCK):
+        part = slice(start, start + LOOP_BLOCK)
+        where, up, down, saved = (a[part].tolist() for a in (indices, plus, minus, original))
+        at = offset + start
+        j = -1
+        try:
+            for j, i in enumerate(where):
+                set_element(i, up[j])
+                out_plus[at + j] = evaluate()
+                done_plus = start + j + 1
+                set_element(i, down[j])
+                out_minus[at + j] = evaluate()
+                done_minus = done_plus
+                set_element(i, saved[j])
+                if done_minus % chunk == 0:
+                    tick(chunk)
+        finally:
+            outputs.filled[0], outputs.filled[1] = offset + done_plus, offset + done_minus
+            if j >= 0:
+                set_element(where[j], saved[j])
+    tick(indices.size % chunk)
 
 
 def evaluate_one_sided(
     set_element: Callable,
     evaluate: Evaluate,
-    indices: list[int],
-    shifted: list,
-    original: list,
-    out: list,
+    indices: np.ndarray,
+    shifted: np.ndarray,
+    original: np.ndarray,
+    outputs: Outputs,
+    side: int,
     tick: Tick,
     chunk: int,
 ) -> None:
-    """Append J at the shifted value of each element to ``out``."""
-    j = -1
-    try:
-        for j, i in enumerate(indices):
-            set_element(i, shifted[j])
-            out.append(evaluate())
-            set_element(i, original[j])
-            if (j + 1) % chunk == 0:
-                tick(chunk)
-    finally:
-        if j >= 0:
-            set_element(indices[j], original[j])
-    tick(len(indices) % chunk)
+    """Record J at the shifted value of each element in ``outputs`` (side 0: θ+ε, 1: θ−ε)."""
+    out = outputs.plus if side == 0 else outputs.minus
+    offset = outputs.filled[side]
+    done = 0
+    for start in range(0, indices.size, LOOP_BLOCK):
+        part = slice(start, start + LOOP_BLOCK)
+        where, moved, saved = (a[part].tolist() for a in (indices, shifted, original))
+        at = offset + start
+        j = -1
+        try:
+            for j, i in enumerate(where):
+                set_element(i, moved[j])
+                out[at + j] = evaluate()
+                done = start + j + 1
+                set_element(i, saved[j])
+                if done % chunk == 0:
+                    tick(chunk)
+        finally:
+            outputs.filled[side] = offset + done
+            if j >= 0:
+                set_element(where[j], saved[j])
+    tick(indices.size % chunk)

@@ -489,7 +489,7 @@ class CheckResult:
         if self.failing:
             line += f"\nfailing: {', '.join(self.failing)}"
             line += "".join(f"\n{name}: {diagnoses[name].sentence}" for name in self.failing)
-        line += "".join(f"\n{d.sentence}" for d in diagnoses.values() if d.kind == "unused")
+        line += "".join(f"\n{n}: {d.sentence}" for n, d in diagnoses.items() if d.kind == "unused")
         return line
 
     def __repr__(self) -> str:
