@@ -14,11 +14,7 @@ from nbgradcheck.api.history import LossHistory
 from nbgradcheck.api.integrations import TorchRecorder, keras_callback, lightning_callback
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
-try:
-    import torch
-except ImportError:  # the PyTorch tests need the `torch` extra
-    torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,7 +59,6 @@ def small_model(seed: int = 0):
     return torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
 
 
-@needs_torch
 def test_torch_gradient_norms_and_update_ratios_are_exact():
     model = small_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -94,7 +89,6 @@ def test_torch_gradient_norms_and_update_ratios_are_exact():
     assert np.isnan(frame["update_ratio"][0])
 
 
-@needs_torch
 def test_torch_recorder_skips_frozen_and_gradless_parameters():
     model = small_model()
     model[0].bias.requires_grad_(False)
@@ -106,7 +100,6 @@ def test_torch_recorder_skips_frozen_and_gradless_parameters():
     assert "update_ratio" not in columns
 
 
-@needs_torch
 def test_torch_bfloat16_gradients_are_measured_in_float32():
     model = small_model().to(torch.bfloat16)
     recorder = TorchRecorder(model)
@@ -118,7 +111,6 @@ def test_torch_bfloat16_gradients_are_measured_in_float32():
     )
 
 
-@needs_torch
 def test_torch_deep_linear_network_from_small_init_shows_its_plateaus():
     """The Saxe et al. run again, now trained by torch autograd and recorded by the helper."""
     task = deep_linear_task()
@@ -159,10 +151,9 @@ def test_torch_deep_linear_network_from_small_init_shows_its_plateaus():
 # ---------------------------------------------------------------------------- Lightning
 
 
-@needs_torch
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside keras / lightning
 def test_lightning_callback_records_loss_and_gradient_norms():
-    pl = pytest.importorskip("lightning.pytorch")
+    import lightning.pytorch as pl
 
     class Regression(pl.LightningModule):
         def __init__(self):
@@ -214,7 +205,8 @@ def keras_model(keras):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside keras / lightning
 def test_keras_callback_records_one_row_per_epoch_with_metrics():
-    keras = pytest.importorskip("keras")
+    import keras
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 3)).astype("float32")
     y = x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32")
@@ -231,7 +223,8 @@ def test_keras_callback_records_one_row_per_epoch_with_metrics():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside keras / lightning
 def test_keras_callback_per_batch():
-    keras = pytest.importorskip("keras")
+    import keras
+
     x = np.ones((32, 3), dtype="float32")
     history = LossHistory()
     callback = keras_callback(history, per_batch=True)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-
-import nbgradcheck as ng  # noqa: E402
-from nbgradcheck.adapters.jax import JaxParameters, jax_parameter_set  # noqa: E402
-from nbgradcheck.adapters.registry import framework_of  # noqa: E402
+import nbgradcheck as ng
+from nbgradcheck.adapters.jax import JaxParameters, jax_parameter_set
+from nbgradcheck.adapters.registry import framework_of
 
 
 def check(loss, params, grads=None, **options):

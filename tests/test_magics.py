@@ -122,7 +122,8 @@ def test_attribute_expressions_and_braces_are_taken_verbatim(ip, net):
 
 
 def test_a_torch_module_needs_no_gradient_option(ip):
-    torch = pytest.importorskip("torch")
+    import torch
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
@@ -483,14 +484,10 @@ def test_unload_removes_the_magics_and_hooks_and_load_ext_nbgradcheck_works(ip, 
 QUICKSTART = Path(__file__).parent.parent / "notebooks" / "quickstart.ipynb"
 
 
-@pytest.mark.skipif(
-    not (hasattr(nbgradcheck, "load_ipython_extension") and hasattr(GradCheckResult, "inspect")),
-    reason="needs nbgradcheck.load_ipython_extension and GradCheckResult.inspect",
-)
 def test_quickstart_notebook_runs_in_a_kernel_and_shows_the_inspector():
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
+    import nbclient
+    import nbformat
+
     notebook = nbformat.read(QUICKSTART, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
     nbclient.NotebookClient(
