@@ -270,4 +270,6 @@ def test_figure_shows_itself_as_png_without_pyplot(buggy_result):
     figure = buggy_result.heatmap("W2")
     assert figure._repr_png_().startswith(b"\x89PNG")
     legend = " ".join(text.get_text() for text in figure.texts)
-    assert "worst element" in legend and "a: analytic, n: numeric" in legend
+    assert "□ largest relative error" in legend and "a: analytic, n: numeric" in legend
+    signed = " ".join(t.get_text() for t in buggy_result.heatmap("W2", scale="signed").texts)
+    assert "□ largest |n − a|" in signed  # the box marks the element the scale ranks first

@@ -354,7 +354,7 @@ def heatmap(
         y=1 - 0.08 / grid.size[1],
         va="top",
     )
-    legend = legend_text(panels)
+    legend = legend_text(panels, scale)
     if legend:
         figure.text(
             0.5, 0.1 / grid.size[1], legend, fontsize=8, color="0.3", ha="center", va="bottom"
@@ -659,10 +659,13 @@ def figure_title(result: CheckResult, scale: str) -> str:
     return f"Gradient check: {result.verdict}\n{quantity[scale]} per element"
 
 
-def legend_text(panels: list[Panel]) -> str:
+WORST_LEGEND = {"rel_error": "□ largest relative error", "abs_error": "□ largest |n − a|"}
+
+
+def legend_text(panels: list[Panel], scale: str) -> str:
     parts = ["a: analytic, n: numeric"]
     if any(p.worst is not None for p in panels):
-        parts.append("□ worst element")
+        parts.append(WORST_LEGEND[SCALE_ERRORS[scale]])
     if any(p.kinks[0].size for p in panels):
         parts.append("× kink (not counted)")
     if any(np.isnan(p.image).any() for p in panels):
