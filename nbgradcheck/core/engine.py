@@ -32,7 +32,7 @@ from nbgradcheck.core.plan import TensorPlan, sub_plan
 from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
 from nbgradcheck.core.result import TensorCheck
 from nbgradcheck.core.schemes import Scheme
-from nbgradcheck.core.verdict import kink_crossings
+from nbgradcheck.core.verdict import element_failing, kink_crossings
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
 
 # Failing elements are re-estimated with steps this many times smaller (up to
@@ -221,7 +221,7 @@ def refine_failing(
     """
     evaluations = 0
     for level in range(1, REFINE_LEVELS + 1):
-        candidates = np.flatnonzero(tensor.element_failing & ~tensor.kink)
+        candidates = failing_positions(tensor)
         probe = candidates[
             np.linspace(0, candidates.size - 1, min(candidates.size, REFINE_PROBE)).astype(int)
         ]
@@ -232,6 +232,22 @@ def refine_failing(
         rest = np.setdiff1d(candidates, probe)
         evaluations += re_estimate(plan, tensor, rest, level, setup, scheme, chunk, tol)[1]
     return evaluations
+
+
+def failing_positions(tensor: TensorCheck) -> np.ndarray:
+    """Positions of the failing elements not explained by a kink, found block by block
+    (the tensor's full error arrays would cost several times its size)."""
+    found = [
+        part.start
+        + np.flatnonzero(
+            element_failing(
+                tensor.numeric[part], tensor.analytic[part], tensor.noise[part], tensor.tol
+            )
+            & ~tensor.kink[part]
+        )
+        for part in blocks(tensor.numeric.size)
+    ]
+    return np.concatenate(found) if found else np.array([], dtype=np.int64)
 
 
 def re_estimate(
@@ -291,31 +307,31 @@ def measure_tensor(
     plan: TensorPlan, setup: CheckSetup, scheme: Scheme, outputs: Outputs, tol: float
 ) -> TensorCheck:
     """Numeric gradient, round-off floor and kinks from the recorded loss values (NaN
-    where ``outputs`` holds none: an interrupted check)."""
+    where ``outputs`` holds none: an interrupted check).
+
+    Computed block by block (every figure is per element), so that the temporaries of a
+    million-element tensor stay small; the loss values are kept as recorded."""
     count = plan.indices.size
     reject_non_finite(plan, outputs)
     j0 = setup.loss_value
     values = plan.values.astype(np.float64, copy=False)
-    up = np.real(plan.plus).astype(np.float64, copy=False) - values
-    down = values - np.real(plan.minus).astype(np.float64, copy=False)
+    numeric, step, noise = np.empty(count), np.empty(count), np.empty(count)
     loss_plus, loss_minus = outputs.plus, outputs.minus
-    numeric, step, loss_plus = scheme.estimate(j0, loss_plus, loss_minus, up, down, plan.steps)
-    noise = scheme.noise(setup.unit_roundoff, j0, loss_plus, loss_minus, step)
+    if not scheme.real_steps:  # J(θ+iε) is complex; its real part is J(θ+ε) as stored
+        loss_plus = np.empty(count)
     analytic_full = setup.analytic[plan.position]
     analytic = gathered(analytic_full.reshape(-1), plan.indices)
     kink = np.zeros(count, dtype=bool)
-    if scheme.sees_kinks:
-        for part in blocks(count):
+    for part in blocks(count):
+        up = np.real(plan.plus[part]).astype(np.float64, copy=False) - values[part]
+        down = values[part] - np.real(plan.minus[part]).astype(np.float64, copy=False)
+        high, low = outputs.plus[part], loss_minus[part]
+        numeric[part], step[part], high = scheme.estimate(j0, high, low, up, down, plan.steps[part])
+        loss_plus[part] = high
+        noise[part] = scheme.noise(setup.unit_roundoff, j0, high, low, step[part])
+        if scheme.sees_kinks:
             kink[part] = kink_crossings(
-                numeric[part],
-                analytic[part],
-                j0,
-                loss_plus[part],
-                loss_minus[part],
-                up[part],
-                down[part],
-                noise[part],
-                tol,
+                numeric[part], analytic[part], j0, high, low, up, down, noise[part], tol
             )
     return TensorCheck(
         plan.name,
@@ -388,8 +404,9 @@ def result_notes(tensors: list[TensorCheck], setup: CheckSetup, scheme: Scheme) 
         where = ", ".join(f"{count} in {name}" for name, count in refined.items())
         notes.append(
             f"re-estimated with a smaller step ({where}): the first step gave a discrepancy "
-            f"that a step ε/{REFINE_FACTOR} or ε/{REFINE_FACTOR**2} removed (kinks, "
-            f"curvature or round-off, not a bug); their steps are in result.tensor(name).step"
+            f"that a step ε/{REFINE_FACTOR} or ε/{REFINE_FACTOR**2}, or the extrapolation from "
+            f"two steps, removed (kinks, curvature or round-off, not a bug); their steps are in "
+            f"result.tensor(name).step"
         )
     floor = max((t.floor for t in tensors if t.evaluated.any()), default=0.0)
     if floor > 1e-6 and scheme.real_steps:
