@@ -42,9 +42,12 @@ TENSOR_FIELDS = (
 @pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
+    before = dict(os.environ)
+    with parallel.environment_kept():  # Dask writes its workers' variables into it
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+    assert dict(os.environ) == before
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -445,10 +448,47 @@ def test_auto_mode_counts_the_workers_when_choosing_a_full_check():
 
 def test_malloc_thresholds_are_raised_in_workers_only(monkeypatch, quadratic):
     calls = []
-    monkeypatch.setattr(parallel, "keep_freed_memory", lambda: calls.append(os.getpid()))
+    monkeypatch.setattr(parallel, "keep_freed_memory", lambda **_: calls.append(os.getpid()))
     params, loss, grads = quadratic
     with concurrent.futures.ThreadPoolExecutor(2) as threads:  # tasks in this process
         ng.check(loss, params, grads, mode="full", executor=threads)
     assert calls == []
     parallel.apply_settings({"caller": os.getpid() + 1})  # as in another process
     assert calls == [os.getpid()]
+
+
+def worker_state() -> tuple[int, bool]:
+    return os.getpid(), parallel.malloc_tuned
+
+
+def test_n_jobs_workers_are_reused_tune_malloc_and_leave_the_environment_alone(quadratic):
+    """Even with MALLOC_TRIM_THRESHOLD_ inherited (as a Dask LocalCluster started in this
+    process leaves it), nbgradcheck's own workers keep freed memory; os.environ is left
+    as it was; a second check runs on the same processes."""
+    params, loss, grads = quadratic
+    parallel.shutdown_workers()
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"
+    try:
+        before = dict(os.environ)
+        serial = ng.check(loss, params, grads, mode="full")
+        first = ng.check(loss, params, grads, mode="full", n_jobs=2)
+        pool = parallel._pools[2]
+        states = {pool.submit(worker_state).result() for _ in range(8)}
+        second = ng.check(loss, params, grads, mode="full", n_jobs=2)
+        assert {pool.submit(worker_state).result() for _ in range(8)} <= states
+        assert parallel._pools[2] is pool
+        assert dict(os.environ) == before
+    finally:
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+        parallel.shutdown_workers()
+    assert all(tuned for _, tuned in states)
+    assert_same_result(serial, first)
+    assert_same_result(serial, second)
+    assert not parallel._pools
+
+
+def test_a_check_on_a_dask_cluster_leaves_the_environment_alone(dask_client, quadratic):
+    params, loss, grads = quadratic
+    before = dict(os.environ)
+    ng.check(loss, params, grads, mode="full", executor=dask_client)
+    assert dict(os.environ) == before

@@ -15,6 +15,7 @@ from torch import nn  # noqa: E402
 import nbgradcheck as ng  # noqa: E402
 from nbgradcheck.adapters.registry import framework_of  # noqa: E402
 from nbgradcheck.adapters.torch import TorchParameters, torch_parameter_set  # noqa: E402
+from nbgradcheck.adapters.torch_tape import Tape  # noqa: E402
 
 DOUBLE = torch.float64
 
@@ -478,18 +479,18 @@ def test_batched_losses_directly_match_the_loop():
     assert state_bits(model) == before
 
 
-def test_linear_weights_take_the_rank_one_shortcut_with_the_loop_numbers():
+def test_linear_weights_are_replayed_from_the_tape_with_the_loop_numbers():
     model, closure = make_mlp(sizes=(6, 10, 3))
     parameters = torch_parameter_set(model)
     parameters.bind_loss(closure, False)
     indices = np.arange(60)
     values = parameters.flat_values(0, indices) + np.linspace(-1e-3, 1e-3, 60)
     batched = parameters.batched_losses(0, indices, values)
-    assert parameters.linear_uses == {0: True} and parameters.batch_fallback is None
+    assert isinstance(parameters.tapes[0], Tape) and parameters.batch_fallback is None
     np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values), rtol=1e-14)
 
 
-def test_weight_used_twice_is_copied_not_shifted():
+def test_weight_used_twice_is_replayed_through_both_uses():
     model, loss = make_mlp(sizes=(6, 10, 3))
 
     def closure():  # L2 regularization uses the weight a second time
@@ -500,7 +501,7 @@ def test_weight_used_twice_is_copied_not_shifted():
     indices = np.arange(60)
     values = parameters.flat_values(0, indices) + 1e-3
     batched = parameters.batched_losses(0, indices, values)
-    assert parameters.linear_uses == {0: False} and parameters.batch_fallback is None
+    assert isinstance(parameters.tapes[0], Tape) and parameters.batch_fallback is None
     np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values), rtol=1e-13)
     grads = [g.clone() for g in torch.autograd.grad(loss(), list(model.parameters()))]
     result = check(closure, model, grads)  # the L2 term left out of the gradient
@@ -530,13 +531,15 @@ def test_models_vmap_cannot_run_fall_back_to_the_loop():
     assert check(lambda: model(x).pow(2).sum(), model).passed
 
 
-def test_custom_function_without_vmap_rule_is_checked_by_the_loop():
+def test_custom_function_without_vmap_rule_is_batched_from_its_recorded_forward():
     net, closure = make_net(bug="element", batchnorm=False)
     parameters = torch_parameter_set(TorchParameters(net))
     parameters.bind_loss(closure, False)
     indices = np.arange(48)
-    parameters.batched_losses(0, indices, parameters.flat_values(0, indices))
-    assert "vmap" in parameters.batch_fallback
+    values = parameters.flat_values(0, indices) + 1e-3
+    batched = parameters.batched_losses(0, indices, values)
+    assert isinstance(parameters.tapes[0], Tape) and parameters.batch_fallback is None
+    np.testing.assert_allclose(batched, parameters.looped_losses(0, indices, values), rtol=1e-13)
 
 
 def test_closure_holding_its_own_parameter_reference_is_caught_by_verification():

@@ -10,9 +10,11 @@ checks a ``jax.custom_vjp`` (or ``custom_jvp``) rule; or from the user's ``grads
 same pytree structure, a dict keyed by leaf name, or a list in leaf order).
 
 Leaf names are key paths joined by dots (``layer1.w``, ``0.b``); a bare array is
-``theta``. Many perturbations are evaluated in one ``jax.vmap`` call; a loss that vmap
-cannot trace (Python control flow on values, ``float(x)``) is evaluated one element at a
-time instead.
+``theta``. Many perturbations are evaluated in one call of a compiled function per leaf
+that interprets the traced loss for a batch of copies, carrying each one-element change
+through the layers (:mod:`nbgradcheck.adapters.jax_carry`); a loss JAX cannot trace
+(Python control flow on values, ``float(x)``) is evaluated one element at a time
+instead.
 
 float64: low-precision leaves are checked in float64 by default (the working copies are
 float64, and JAX's type promotion carries the loss to float64), with ``jax_enable_x64``
@@ -24,6 +26,7 @@ float64=False)`` checks the leaves in their own dtype.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -32,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nbgradcheck.adapters.base import ParameterAdapter
+from nbgradcheck.adapters.jax_carry import COMPILER_OPTIONS, batched_losses_function
 from nbgradcheck.adapters.numpy import (
     SINGLE_ARRAY_NAME,
     format_index,
@@ -41,10 +45,19 @@ from nbgradcheck.adapters.numpy import (
 from nbgradcheck.errors import GradientError, LossError, ParameterError, ParametersModifiedError
 
 # Fewer elements than this are evaluated by the loop: a batched call has a fixed cost
-# (tracing, verification) that only many elements repay.
+# (tracing, compiling, verification) that only many elements repay.
 MIN_BATCH = 32
-# One vmap call holds this many bytes of perturbed copies of a leaf at most.
-BATCH_MEMORY_BYTES = 128 * 2**20
+# One batched call holds about this many bytes of perturbed values: the largest array of
+# the loss, counted whole for every copy (a bound: XLA fuses most of them away).
+BATCH_MEMORY_BYTES = 64 * 2**20
+MAX_BATCH = 4096
+# Batched and looped J may differ by rounding: this many unit round-offs of |J|.
+VERIFY_ELEMENTS = 3
+VERIFY_ROUNDOFF = 64.0
+# Compiled batched functions kept across checks, by (traced loss, leaf, batch size): a
+# second check of the same model compiles nothing.
+COMPILED_FUNCTIONS = 32
+_compiled: OrderedDict[tuple[str, int, int], Callable] = OrderedDict()
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -169,8 +182,9 @@ class JaxParameterSet(ParameterAdapter):
         self.pass_argument = True
         self.seed: int | None = None
         self.batch_fallback: str | None = None
-        self.compiled: dict[tuple[int, int], Callable] = {}
-        self.padding: dict[int, int] = {}  # batch size per leaf: one trace per leaf
+        self.program: Any = None  # the loss traced to a closed jaxpr over the leaves
+        self.batch_sizes: dict[int, int] = {}  # per leaf: fixed at its first batched call
+        self.verified: set[int] = set()
 
     # -- description -------------------------------------------------------------------
     @property
@@ -343,10 +357,23 @@ class JaxParameterSet(ParameterAdapter):
         )
 
     def autograd_gradients(self, loss: Callable[..., Any], pass_argument: bool) -> Any:
-        """``jax.grad`` of the loss over the pytree (this uses custom_vjp rules)."""
+        """``jax.grad`` of the loss over the pytree (this uses custom_vjp rules), traced
+        at every check and run as one compiled program, kept for the next check that
+        traces to the same program (op by op, a new model's first backward pass would
+        compile every primitive on its own: ten times longer)."""
         self.bind_loss(loss, pass_argument)
+        gradient = jax.grad(lambda tree: first_of(loss(tree)))
+        tree = self.argument()
         try:
-            return jax.grad(lambda tree: first_of(loss(tree)))(self.argument())
+            traced = jax.make_jaxpr(gradient)(tree)
+        except Exception:  # not traceable: op by op below, which raises what matters
+            traced = None
+        if traced is not None:
+            leaves = jax.tree_util.tree_leaves(tree)
+            program = compiled_program(traced, leaves)
+            return self.treedef.unflatten(program(list(traced.consts), leaves))
+        try:
+            return gradient(tree)
         except (jax.errors.ConcretizationTypeError, TypeError) as error:
             raise GradientError(
                 f"jax.grad could not differentiate the loss ({type(error).__name__}: "
@@ -383,41 +410,55 @@ class JaxParameterSet(ParameterAdapter):
         return self.looped_losses(position, indices, values)
 
     def vmapped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``jax.vmap`` over perturbed copies, in chunks padded to powers of two."""
-        size = self.arrays[position].size
-        chunk = max(1, BATCH_MEMORY_BYTES // max(1, size * self.arrays[position].itemsize * 2))
+        """J for each (index, value) through one jitted function per leaf and batch size
+        (see :mod:`nbgradcheck.adapters.jax_carry`): the batch size is fixed at the first
+        call (bounded by memory), later chunks are padded to it, so XLA compiles once."""
+        program = self.traced()
+        count = self.batch_sizes.get(position) or batch_size(program, indices.size)
+        self.batch_sizes[position] = count
+        function = compiled(program, position, count)
         leaves = list(self.current_leaves())
-        base = jnp.asarray(self.base[position]).reshape(-1)
+        consts = list(program.consts)
+        dtype = self.arrays[position].dtype
         out = []
-        for start in range(0, indices.size, chunk):
-            part = slice(start, start + chunk)
-            padded = max(
-                1 << int(indices[part].size - 1).bit_length(), self.padding.get(position, 1)
+        for start in range(0, indices.size, count):
+            part = slice(start, start + count)
+            taken = indices[part].size
+            index = np.full(count, indices[start], dtype=np.int64)
+            value = np.full(count, values[start], dtype=dtype)
+            index[:taken], value[:taken] = indices[part], values[part]
+            losses = function(consts, leaves, index, value)
+            out.append(np.asarray(losses, dtype=np.float64)[:taken])
+        result = np.concatenate(out)
+        if position not in self.verified:
+            self.verify_batched(position, indices, values, result)
+        return result
+
+    def traced(self) -> Any:
+        """The loss as a closed jaxpr over the flat leaves (traced once per check)."""
+        if self.program is None:
+            loss, treedef = self.loss, self.treedef
+
+            def flat_loss(leaves: list) -> Any:
+                return jnp.reshape(first_of(loss(treedef.unflatten(leaves))), ())
+
+            self.program = jax.make_jaxpr(flat_loss)(list(self.current_leaves()))
+        return self.program
+
+    def verify_batched(
+        self, position: int, indices: np.ndarray, values: np.ndarray, losses: np.ndarray
+    ) -> None:
+        """Compare a few batched values with the loop; raise when they disagree."""
+        picks = np.unique(np.linspace(0, indices.size - 1, VERIFY_ELEMENTS).astype(int))
+        looped = self.looped_losses(position, indices[picks], values[picks])
+        roundoff = VERIFY_ROUNDOFF * float(np.finfo(self.arrays[position].dtype).eps)
+        scale = np.maximum(np.abs(looped), 1e-30)
+        if not np.all(np.abs(losses[picks] - looped) <= roundoff * scale):
+            raise RuntimeError(
+                f"batched J = {losses[picks]!r} but looped J = {looped!r} for "
+                f"{self.names[position]}"
             )
-            self.padding[position] = padded
-            index = np.resize(indices[part], padded)
-            value = np.resize(values[part], padded)
-            losses = self.batched_function(position, padded)(leaves, base, index, value)
-            out.append(np.asarray(losses, dtype=np.float64)[: indices[part].size])
-        return np.concatenate(out)
-
-    def batched_function(self, position: int, padded: int) -> Callable:
-        """vmap(J with one element of leaf ``position`` changed), cached.
-
-        Not jitted: compiling costs more than it saves for the few calls of one check;
-        a loss the user jitted is compiled once per leaf (one padded batch size).
-        """
-        key = (position, padded)
-        if key not in self.compiled:
-            loss, treedef, shape = self.loss, self.treedef, self.arrays[position].shape
-
-            def one(leaves: list, base: Any, index: Any, value: Any) -> Any:
-                changed = base.at[index].set(value).reshape(shape)
-                tree = treedef.unflatten([*leaves[:position], changed, *leaves[position + 1 :]])
-                return jnp.reshape(first_of(loss(tree)), ())
-
-            self.compiled[key] = jax.vmap(one, in_axes=(None, None, 0, 0))
-        return self.compiled[key]
+        self.verified.add(position)
 
     def looped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The same values one evaluation at a time, restoring each element after use."""
@@ -433,3 +474,49 @@ class JaxParameterSet(ParameterAdapter):
             finally:
                 set_element(index, originals[j])
         return out
+
+
+def batch_size(program: Any, first_call: int) -> int:
+    """Copies per compiled call: BATCH_MEMORY_BYTES over the largest array of the loss,
+    at most MAX_BATCH, and no more than the first call needs (rounded to a power of 2)."""
+    largest = max(
+        (
+            int(np.prod(v.aval.shape, dtype=np.int64)) * np.dtype(v.aval.dtype).itemsize
+            for eqn in program.jaxpr.eqns
+            for v in eqn.outvars
+            if hasattr(v.aval, "shape")
+        ),
+        default=8,
+    )
+    by_memory = max(1, BATCH_MEMORY_BYTES // max(largest, 1))
+    needed = 1 << max(0, int(first_call - 1).bit_length())
+    return int(min(by_memory, MAX_BATCH, needed))
+
+
+def compiled_program(closed: Any, arguments: list) -> Callable:
+    """A traced program, compiled: (consts, arguments) → its outputs. Kept by its text
+    (the constants are arguments), so a program traced again from changed Python state
+    (a custom_vjp rule reading a global) is compiled again."""
+    key = (str(closed.jaxpr), -1, 0)
+    if key not in _compiled:
+        jaxpr = closed.jaxpr
+
+        def run(consts: list, flat: list) -> list:
+            return jax.core.eval_jaxpr(jaxpr, consts, *flat)
+
+        lowered = jax.jit(run).lower(list(closed.consts), arguments)
+        _compiled[key] = lowered.compile(compiler_options=COMPILER_OPTIONS)
+    _compiled.move_to_end(key)
+    return _compiled[key]
+
+
+def compiled(program: Any, position: int, count: int) -> Callable:
+    """The jitted batched loss for one leaf and batch size, reused across checks."""
+    key = (str(program.jaxpr), position, count)
+    if key in _compiled:
+        _compiled.move_to_end(key)
+    else:
+        _compiled[key] = batched_losses_function(program, position, count)
+        while len(_compiled) > COMPILED_FUNCTIONS:
+            _compiled.popitem(last=False)
+    return _compiled[key]

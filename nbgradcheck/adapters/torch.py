@@ -6,12 +6,15 @@ parameters are bit-for-bit unchanged afterwards; buffers (BatchNorm running stat
 and the ``.grad`` attributes the user had are restored too. Analytic gradients come from
 one backward pass of the closure (or from the user's ``grads``).
 
-Where the model allows it, many perturbations are evaluated in one call of
-``torch.func.vmap`` over ``torch.func.functional_call``; a model that does not (dropout in
-training mode, BatchNorm updating running statistics, data-dependent control flow,
-``.item()``, custom ``autograd.Function`` without a vmap rule, a closure holding its own
-reference to a parameter) is detected on the first try and evaluated one element at a
-time instead.
+Where the model allows it, many perturbations are evaluated at once: replayed from a
+recording of the loss's torch calls, each one-element change carried through the layers
+after the parameter (:mod:`nbgradcheck.adapters.torch_tape`; custom
+``autograd.Function``s included, vmap rule or not), else in one call of
+``torch.func.vmap`` over ``torch.func.functional_call``. A loss that allows neither
+(random draws, ``.item()`` or Python branches on values computed from the parameters, a
+closure holding its own reference to a parameter) is detected on the first try (batched
+values are checked against the loop) and evaluated one element at a time instead;
+:attr:`TorchParameterSet.evaluation_notes` then says why and how to batch it.
 
 float32, float16 and bfloat16 models are checked in float64 by default (promoted for the
 check, restored exactly afterwards: see :class:`TorchParameters`); with ``float64=False``
@@ -38,6 +41,7 @@ from nbgradcheck.adapters.numpy import (
     looks_like_parameter_gradient,
     validated_gradient,
 )
+from nbgradcheck.adapters.torch_tape import Tape, record, replay
 from nbgradcheck.errors import (
     GradCheckError,
     GradientError,
@@ -49,10 +53,20 @@ from nbgradcheck.errors import (
 NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 # Fewer elements than this are evaluated by the loop: a batched call has a fixed cost
 # (tracing, verification) that only many elements repay.
-MIN_BATCH = 32
-# One vmap call holds this many bytes of perturbed copies of a tensor at most: small
-# enough to stay in cache (measured best among 1-128 MiB on 5k-50k-parameter MLPs).
-BATCH_MEMORY_BYTES = 16 * 2**20
+MIN_BATCH = 16
+# A replay from the tape holds about this many bytes of perturbed activations per array
+# (as its first replay measures them): small enough to stay in cache, large enough to
+# repay a replay's fixed cost (tanh MLPs of 5k-50k parameters: 1-1.5 MiB best, 0.25 MiB
+# and 2 MiB or more up to 1.4× slower).
+BATCH_MEMORY_BYTES = 2**20
+# A batched call evaluates at most this many perturbations (the rest of the working set
+# grows with the count too: indices, values, losses).
+MAX_BATCH = 8192
+# The first replay of a tape has this many copies: it measures what one copy needs.
+FIRST_BATCH = 64
+# Under vmap of the whole loss (no tape) one call holds this many bytes of perturbed
+# copies of the parameter (measured best among 1-128 MiB on 5k-50k-parameter MLPs).
+VMAP_MEMORY_BYTES = 16 * 2**20
 # Elements of a chunk evaluated both ways, the first time a tensor is batched, to confirm
 # that the batched call sees the perturbation the way the loop does.
 VERIFY_ELEMENTS = 3
@@ -222,7 +236,7 @@ class TorchParameterSet(ParameterAdapter):
         self.seed: int | None = None  # set by reseed: the loop fallback re-seeds likewise
         self.batch_fallback: str | None = None  # why vectorized evaluation was given up
         self.verified: set[int] = set()
-        self.linear_uses: dict[int, bool] = {}  # position → used only by one F.linear
+        self.tapes: dict[int, Tape | str] = {}  # position → its tape, or why none
         self.promoted: list[torch.Tensor] | None = None  # float64 baseline while promoted
         self.unperturbed: float | None = None
 
@@ -593,6 +607,19 @@ class TorchParameterSet(ParameterAdapter):
             return False  # a closure over loose tensors: nothing to substitute them in
         return self.batch_fallback is None
 
+    @property
+    def evaluation_notes(self) -> list[str]:
+        """Why the loss was evaluated one element at a time, and how to batch it."""
+        if self.batch_fallback is None:
+            return []
+        return [
+            f"evaluated one element at a time (slower than in batches): batched evaluation "
+            f"failed ({self.batch_fallback[:200]}). Batching needs a loss torch.func.vmap can "
+            f"run: no .item() or Python branch on a value computed from the parameters, no "
+            f"random draws (TorchParameters(model, dropout=False)), custom "
+            f"autograd.Function with setup_context and generate_vmap_rule = True"
+        ]
+
     def batched_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """J with each listed element set to its value in turn; parameters unchanged."""
         indices = np.asarray(indices, dtype=np.int64)
@@ -610,86 +637,78 @@ class TorchParameterSet(ParameterAdapter):
         return self.looped_losses(position, indices, values)
 
     def vmapped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``torch.func.vmap`` over perturbed copies, in chunks bounded by memory.
+        """J for each (index, value), in batches sized by the memory one copy needs.
 
-        A weight the loss uses only as the weight of one ``F.linear`` is not copied: the
-        layer's output gets the rank-one change δ·x[:, j] in column i instead (see
-        :class:`LinearElementShift`), so each evaluation costs only what follows the layer.
+        Replayed from the loss's tape where it allows (see
+        :mod:`nbgradcheck.adapters.torch_tape`: the change is carried through the layers
+        after the parameter, the layers before it are not recomputed), else
+        ``torch.func.vmap`` over perturbed copies of the parameter.
         """
         base = self.tensors[position].detach()
-        per_copy = max(1, base.numel() * base.element_size())
-        chunk = max(1, BATCH_MEMORY_BYTES // per_copy)
-        shortcut = self.linear_shortcut(position, base)
-        out = []
+        tape = self.tape_for(position)
+        out, start = [], 0
         with torch.no_grad():
-            for start in range(0, indices.size, chunk):
-                part = slice(start, start + chunk)
-                if shortcut is not None:
-                    index = torch.as_tensor(indices[part], device=base.device)
-                    delta = (
-                        torch.as_tensor(values[part], dtype=base.dtype, device=base.device)
-                        - base.reshape(-1)[index]
-                    )
-                    losses = shortcut(index, delta)
+            if isinstance(tape, Tape) and not tape.bytes_per_copy:  # measured on a few
+                start = min(FIRST_BATCH, indices.size)
+                out.append(self.replayed(tape, base, indices[:start], values[:start]))
+            if isinstance(tape, Tape):
+                chunk = batch_size(tape.bytes_per_copy, BATCH_MEMORY_BYTES)
+            else:
+                chunk = batch_size(base.numel() * base.element_size(), VMAP_MEMORY_BYTES)
+            rest = indices.size - start
+            chunk = -(-rest // -(-rest // chunk)) if rest else 1  # equal batches, none tiny
+            for begin in range(start, indices.size, chunk):
+                part = slice(begin, begin + chunk)
+                if isinstance(tape, Tape):
+                    out.append(self.replayed(tape, base, indices[part], values[part]))
                 else:
                     batched = torch.func.vmap(self.scalar_loss_with(position), randomness="error")
                     losses = batched(perturbed_copies(base, indices[part], values[part]))
-                out.append(losses.detach().to("cpu", torch.float64))
+                    out.append(losses.detach().to("cpu", torch.float64))
         return torch.cat(out).numpy()
 
-    def linear_shortcut(self, position: int, base: torch.Tensor) -> Callable | None:
-        """vmap over (flat index, δ) through LinearElementShift, when the loss allows it."""
-        if position not in self.linear_uses:
-            self.linear_uses[position] = self.only_linear_weight(position, base)
-        if not self.linear_uses[position]:
-            return None
-        marker = base.view_as(base)
-        call = self.scalar_loss_with(position)
-        rows = torch.arange(base.shape[0], device=base.device)
-        columns = torch.arange(base.shape[1], device=base.device)
+    @staticmethod
+    def replayed(
+        tape: Tape, base: torch.Tensor, indices: np.ndarray, values: np.ndarray
+    ) -> torch.Tensor:
+        """J for each (index, value) from the tape; the first replay measures the memory
+        one copy needs (Tape.bytes_per_copy)."""
+        index = torch.as_tensor(indices, device=base.device)
+        value = torch.as_tensor(values, dtype=base.dtype, device=base.device)
+        sizes: list[int] | None = None if tape.bytes_per_copy else []
+        losses = replay(tape, index, value, sizes)
+        if sizes is not None:
+            tape.bytes_per_copy = max(1, max(sizes, default=1) // max(1, indices.size))
+        return losses.detach().to("cpu", torch.float64)
 
-        def loss_with_shift(index: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-            row = (rows == index // base.shape[1]).to(base.dtype)
-            column = (columns == index % base.shape[1]).to(base.dtype)
-            with LinearElementShift(marker, row, column, delta):
-                return call(marker)
-
-        return torch.func.vmap(loss_with_shift, randomness="error")
-
-    def only_linear_weight(self, position: int, base: torch.Tensor) -> bool:
-        """True when one evaluation uses the parameter once: as the weight of F.linear."""
-        if base.dim() != 2:
-            return False
-        marker = base.view_as(base)
-        with torch.no_grad(), UseRecorder(marker) as recorder:
-            self.scalar_loss_with(position)(marker)
-        return recorder.uses == [nn.functional.linear]
+    def tape_for(self, position: int) -> Tape | str:
+        """The loss's tape for this parameter, or why there is none. One recorded forward
+        pass gives every parameter's tape."""
+        if not self.tapes:
+            bases = {p: t.detach() for p, t in enumerate(self.tensors)}
+            self.tapes = record(self.loss_with_tensors, bases)
+        return self.tapes[position]
 
     def scalar_loss_with(self, position: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """J (a 0-d tensor) with parameter ``position`` replaced by a given tensor."""
-        call = self.loss_with_tensor(position)
+        return lambda tensor: self.loss_with_tensors({position: tensor})
 
-        def scalar_loss(tensor: torch.Tensor) -> torch.Tensor:
-            result = first_of(call(tensor))
-            if not isinstance(result, torch.Tensor) or result.numel() != 1:
-                raise LossError("the loss does not return a scalar tensor")
-            return result.reshape(())
-
-        return scalar_loss
-
-    def loss_with_tensor(self, position: int) -> Callable[[torch.Tensor], Any]:
-        """The loss with parameter ``position`` replaced by a given tensor (not in place)."""
-        loss, pass_argument = self.loss, self.pass_argument
+    def loss_with_tensors(self, tensors: dict[int, torch.Tensor]) -> torch.Tensor:
+        """J (a 0-d tensor) with the parameters at the given positions replaced by the
+        given tensors (not in place)."""
         if self.module is not None:
-            wrapper = LossModule(self.module, loss, pass_argument)
-            name = "model." + self.names[position]
-            return lambda t: torch.func.functional_call(wrapper, {name: t}, (), strict=False)
-        original = self.original
-
-        def call(t: torch.Tensor) -> Any:
-            return loss(replaced(original, self.kind, position, t))
-
-        return call
+            wrapper = LossModule(self.module, self.loss, self.pass_argument)
+            swapped = {"model." + self.names[p]: t for p, t in tensors.items()}
+            value = torch.func.functional_call(wrapper, swapped, (), strict=False)
+        else:
+            argument = self.original
+            for position, tensor in tensors.items():
+                argument = replaced(argument, self.kind, position, tensor)
+            value = self.loss(argument)
+        result = first_of(value)
+        if not isinstance(result, torch.Tensor) or result.numel() != 1:
+            raise LossError("the loss does not return a scalar tensor")
+        return result.reshape(())
 
     def verify_batched(
         self, position: int, indices: np.ndarray, values: np.ndarray, losses: np.ndarray
@@ -796,48 +815,6 @@ def to_float64(value: Any) -> Any:
     return value
 
 
-class UseRecorder(TorchFunctionMode):
-    """Records the torch functions that receive ``marker`` (the parameter) as an argument."""
-
-    def __init__(self, marker: torch.Tensor) -> None:
-        super().__init__()
-        self.marker = marker
-        self.uses: list[Any] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        kwargs = kwargs or {}
-        arguments = list(args) + list(kwargs.values())
-        nested = [a for group in arguments if isinstance(group, (list, tuple)) for a in group]
-        if any(a is self.marker for a in arguments + nested):
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            linear = func is nn.functional.linear and weight is self.marker
-            self.uses.append(func if linear else None)
-        return func(*args, **kwargs)
-
-
-class LinearElementShift(TorchFunctionMode):
-    """Evaluates ``F.linear(x, W + δ·e_i e_jᵀ, b)`` as ``F.linear(x, W, b) + δ·x_j·e_i``.
-
-    ``row`` and ``column`` are one-hot vectors for i and j (batched under vmap), so the
-    unperturbed product is computed once for the whole batch.
-    """
-
-    def __init__(
-        self, marker: torch.Tensor, row: torch.Tensor, column: torch.Tensor, delta: torch.Tensor
-    ) -> None:
-        super().__init__()
-        self.marker, self.row, self.column, self.delta = marker, row, column, delta
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        kwargs = kwargs or {}
-        output = func(*args, **kwargs)
-        if func is nn.functional.linear and len(args) > 1 and args[1] is self.marker:
-            inputs = args[0] if args else kwargs["input"]
-            picked = (inputs * self.column).sum(-1, keepdim=True)
-            output = output + self.delta * picked * self.row
-        return output
-
-
 class LossModule(nn.Module):
     """The loss as a module holding the model, so ``functional_call`` can swap tensors."""
 
@@ -849,6 +826,11 @@ class LossModule(nn.Module):
 
     def forward(self) -> Any:
         return self.loss_function(self.model) if self.pass_argument else self.loss_function()
+
+
+def batch_size(bytes_per_copy: int, budget: int) -> int:
+    """Perturbations per batched call: ``budget`` bytes of them, 1 to MAX_BATCH."""
+    return int(min(MAX_BATCH, max(1, budget // max(1, bytes_per_copy))))
 
 
 def perturbed_copies(base: torch.Tensor, indices: np.ndarray, values: np.ndarray) -> torch.Tensor:

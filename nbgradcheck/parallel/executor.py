@@ -4,8 +4,8 @@
 worker processes instead of the calling one. Anything with ``submit(fn, *args)``
 returning a future will do:
 
-- ``n_jobs=k``: a local ``ProcessPoolExecutor`` of k spawned processes, shut down after
-  the check (``-1``: one per core);
+- ``n_jobs=k``: a local ``ProcessPoolExecutor`` of k processes, kept for the next check
+  with ``n_jobs=k`` (``-1``: one per core; :func:`shutdown_workers` stops them);
 - your own ``concurrent.futures.ProcessPoolExecutor`` (or loky's);
 - a Dask ``distributed.Client`` (of a ``LocalCluster``, or ``Client("tcp://host:8786")``
   for a real cluster), or its ``client.get_executor()``;
@@ -22,22 +22,26 @@ returning a future will do:
 How it works. The loss and the parameters are pickled together with cloudpickle, once
 per check, so a closure over the same arrays as ``params`` still shares them in the
 worker. The payload travels once per worker: broadcast by ``client.scatter`` on Dask,
-installed by the pool's initializer with ``n_jobs``, and with the first tasks on any
-other executor (a worker that has not received it answers so, and gets the task again
-with the payload). Each tensor's planned elements are cut into chunks of 0.1 to 2 s of
-work, all submitted at once; a worker rebuilds the parameter set over its own copy and
-runs the engine's own loop on its chunk. The calling process appends the loss values in
-plan order, so the result is bit-identical to the serial check (kinks, refinement, errors
-naming the element included), and the user's arrays are never perturbed. Ctrl-C keeps
-the chunks finished so far and cancels the others.
+and with the first tasks on any other executor, ``n_jobs`` pools included (a worker
+that has not received it answers so, and gets the task again with the payload). Each
+tensor's planned elements are cut into chunks of 0.1 to 2 s of work (whole batched calls
+for an adapter that batches), all submitted at once; a worker rebuilds the parameter set
+over its own copy and runs the engine's own loop on its chunk. The calling process
+records the loss values in plan order, so the result is bit-identical to the serial
+check (kinks, refinement, errors naming the element included), and the user's arrays
+are never perturbed. Ctrl-C keeps the chunks finished so far and cancels the others.
 
 Workers must be able to import nbgradcheck and the modules the loss uses. A loss checked
 with ``seed=`` needs one thread per worker process (Dask: ``threads_per_worker=1``): the
 global random generators it re-seeds are per process. Worker processes raise glibc's
-malloc thresholds (:func:`keep_freed_memory`) unless MALLOC_* variables are set, as Dask
-does by default: unset it, for NumPy losses allocating large arrays, with
+malloc thresholds (:func:`keep_freed_memory`): ``n_jobs`` workers always, others unless
+MALLOC_* variables are set, as Dask does by default: unset it, for NumPy losses
+allocating large arrays, with
 ``dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})``
-before creating the cluster.
+before creating the cluster. Starting a Dask ``LocalCluster`` writes its workers'
+variables (MALLOC_TRIM_THRESHOLD_, PYTHONHASHSEED) into the calling process's
+``os.environ``, where every process started later inherits them;
+:func:`environment_kept` puts the environment back afterwards.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ import numpy as np
 
 from nbgradcheck.adapters.registry import parameter_set
 from nbgradcheck.core.evaluate import (
+    BATCH_ELEMENTS,
     ELEMENT_NOTE,
     GroupPoints,
     InProcessEvaluator,
@@ -73,7 +78,7 @@ from nbgradcheck.core.evaluate import (
     in_flight,
     takes_argument,
 )
-from nbgradcheck.errors import GradCheckError, LossError, UnpicklableLossError
+from nbgradcheck.errors import GradCheckError, UnpicklableLossError
 
 if TYPE_CHECKING:
     from nbgradcheck.core.engine import CheckSetup
@@ -88,6 +93,8 @@ MAX_CHUNK_SECONDS = 2.0
 CHUNKS_PER_WORKER = 4
 # A worker thread keeps the unpickled loss and parameters of this many recent checks.
 CACHED_CHECKS = 2
+# n_jobs pools kept for the next check, by size (see local_pool).
+_pools: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
 # How the engine's note naming the perturbed element starts (engine.run_tensor).
 # glibc's malloc in a fresh process gives freed arrays over 128 KiB (and the top of the
 # heap beyond twice that) back to the system at once, so a NumPy loss allocating
@@ -266,19 +273,58 @@ def connect(executor: Any, n_jobs: int | None, token: str, data: bytes) -> Conne
 
 
 def local_pool(n_jobs: int, token: str, data: bytes) -> Connection:
-    """``n_jobs`` spawned processes, each given the payload by the pool's initializer."""
+    """``n_jobs`` local processes, kept for the next check with as many (the payload
+    travels with the first tasks); stopped when a check is interrupted or fails."""
     workers = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
-    pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=process_context(), initializer=install_payload, initargs=(token, data)
-    )
+    pool = reusable_pool(workers)
 
     def close(stop: bool) -> None:
         if stop:
+            _pools.pop(workers, None)
             stop_pool(pool)
-        else:
-            pool.shutdown(wait=True)
 
-    return Connection(pool, token, data, workers, close=close)
+    return Connection(pool, token, data, workers, first_wave=workers, close=close)
+
+
+def reusable_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """The pool of ``workers`` processes started by an earlier check, or a new one."""
+    pool = _pools.get(workers)
+    if pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False):
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=process_context(), initializer=prepare_worker
+        )
+        _pools[workers] = pool
+    return pool
+
+
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """Restore ``os.environ`` as it was on entry (Dask's LocalCluster writes into it)::
+
+    with environment_kept():
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1)
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+def shutdown_workers() -> None:
+    """Stop the worker processes that ``n_jobs=`` checks keep for the next check (they
+    stop by themselves when Python exits)."""
+    while _pools:
+        _pools.popitem()[1].shutdown(wait=True, cancel_futures=True)
+
+
+def prepare_worker() -> None:
+    """Pool initializer of nbgradcheck's own worker processes: keep freed memory (even
+    when MALLOC_* variables were inherited, e.g. written by a Dask LocalCluster started in
+    the calling process)."""
+    keep_freed_memory(force=True)
 
 
 def process_context() -> multiprocessing.context.BaseContext:
@@ -349,8 +395,15 @@ class ChunkTask:
     def size(self) -> int:
         return int(self.plan.indices.size)
 
+    def outputs(self) -> Outputs:
+        return Outputs.for_plan(self.plan, self.scheme)
+
     def run(self, copy: WorkerCopy, outputs: Outputs) -> None:
         copy.run_plan(self, outputs)
+
+    @staticmethod
+    def values(outputs: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        return outputs.recorded(0), outputs.recorded(1)
 
 
 @dataclass
@@ -367,16 +420,27 @@ class GroupTask:
     def size(self) -> int:
         return len(self.points)
 
-    def run(self, copy: WorkerCopy, outputs: Outputs) -> None:
-        copy.run_groups(self, outputs[0])
+    def outputs(self) -> list:
+        return []
+
+    def run(self, copy: WorkerCopy, outputs: list) -> None:
+        copy.run_groups(self, outputs)
+
+    @staticmethod
+    def values(outputs: list) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(outputs, dtype=float), np.empty(0)
+
+
+def no_values() -> np.ndarray:
+    return np.empty(0)
 
 
 @dataclass
 class ChunkOutcome:
     """The loss values of a chunk, in order, and the error that stopped it, if any."""
 
-    plus: list = field(default_factory=list)
-    minus: list = field(default_factory=list)
+    plus: np.ndarray = field(default_factory=no_values)
+    minus: np.ndarray = field(default_factory=no_values)
     error: BaseException | None = None
     remote_traceback: str = ""
     missing: bool = False  # the worker had not received the loss: send the task again
@@ -438,14 +502,21 @@ class ExecutorEvaluator:
         their chunks, so that no worker waits between tensors."""
         total = sum(plan.indices.size for plan in plans)
         self.chunk_elements = elements_per_chunk(
-            total, self.seconds_per_element(scheme), self.workers, chunk
+            total, self.seconds_per_element(scheme), self.workers, self.slice_unit(chunk)
         )
         self.expected = [(plan, scheme, chunk) for plan in plans]
+
+    def slice_unit(self, chunk: int) -> int:
+        """Tasks start at multiples of this: the serial check's progress chunk, or for an
+        adapter evaluating in batches, its batched call (so each batch holds the same
+        elements in the workers as serially: batched arithmetic may round differently
+        for a different batch)."""
+        return max(chunk, BATCH_ELEMENTS) if self.setup.params.can_batch else chunk
 
     def element_losses(
         self, plan: TensorPlan, scheme: Scheme, outputs: Outputs, tick: Tick, chunk: int
     ) -> None:
-        """Append J at the plan's points to ``outputs``, exactly as the serial loop does."""
+        """Record J at the plan's points in ``outputs``, exactly as the serial loop does."""
         try:
             for expected in self.expected:  # here, where Ctrl-C means "interrupted"
                 self.prefetched[id(expected[0])] = self.submit_plan(*expected)
@@ -458,15 +529,16 @@ class ExecutorEvaluator:
             raise
         try:
             self.collect(jobs, outputs, tick)
-        except (LossError, KeyboardInterrupt):
+        except (GradCheckError, KeyboardInterrupt):  # LossError, a dead worker: no culprit
             raise
         except Exception as error:
             add_element_note(error, in_flight(plan, scheme, outputs))
             raise
 
     def submit_plan(self, plan: TensorPlan, scheme: Scheme, chunk: int) -> list[Job]:
+        seconds = self.seconds_per_element(scheme)
         size = self.chunk_elements or elements_per_chunk(
-            plan.indices.size, self.seconds_per_element(scheme), self.workers, chunk
+            plan.indices.size, seconds, self.workers, self.slice_unit(chunk)
         )
         batched = self.setup.params.can_batch
         return [
@@ -501,7 +573,7 @@ class ExecutorEvaluator:
         try:
             for job in jobs:
                 outcome = self.outcome(job)
-                values.extend(outcome.plus)
+                values.extend(outcome.plus.tolist())
                 if outcome.error is not None:
                     raise_error(outcome)
         except KeyboardInterrupt:
@@ -511,11 +583,21 @@ class ExecutorEvaluator:
 
     def submit_task(self, task: ChunkTask | GroupTask) -> Job:
         payload = self.connection.payload(len(self.jobs))
-        job = Job(task, self.connection.executor.submit(evaluate_chunk, task, payload))
+        job = Job(task, self.submit(task, payload))
         self.jobs.append(job)
         if self.connection.first_wave:
             self.watch(job)
         return job
+
+    def submit(self, task: ChunkTask | GroupTask, payload: Any) -> Any:
+        """The executor's future for ``task``; a clear error when it refuses the task."""
+        try:
+            return self.connection.executor.submit(evaluate_chunk, task, payload)
+        except Exception as error:
+            raise GradCheckError(
+                f"the executor's submit() failed ({type(error).__name__}: {error}); the "
+                f"parameters were restored"
+            ) from error
 
     # -- collecting -----------------------------------------------------------------------
     def collect(self, jobs: list[Job], outputs: Outputs, tick: Tick) -> None:
@@ -535,7 +617,13 @@ class ExecutorEvaluator:
         while True:
             if self.connection.first_wave:
                 self.wait_for(job)
-            outcome = job.future.result()
+            try:
+                outcome = job.future.result()
+            except concurrent.futures.process.BrokenProcessPool as error:
+                raise GradCheckError(
+                    "a worker process died while evaluating the loss (killed, out of memory, "
+                    "or a crash in native code); the parameters were restored"
+                ) from error
             if not outcome.missing:
                 return outcome
             self.resend(job)
@@ -551,7 +639,7 @@ class ExecutorEvaluator:
 
     def resend(self, job: Job) -> None:
         self.watched.pop(job.future, None)
-        job.future = self.connection.executor.submit(evaluate_chunk, job.task, self.connection.data)
+        job.future = self.submit(job.task, self.connection.data)
         self.watch(job)
 
     def watch(self, job: Job) -> None:
@@ -581,8 +669,8 @@ class ExecutorEvaluator:
 
 def record(outcome: ChunkOutcome, outputs: Outputs) -> None:
     """Append a chunk's loss values; raise the error that stopped it in the worker."""
-    outputs[0].extend(outcome.plus)
-    outputs[1].extend(outcome.minus)
+    outputs.extend(0, outcome.plus)
+    outputs.extend(1, outcome.minus)
     if outcome.error is not None:
         raise_error(outcome)
 
@@ -629,14 +717,10 @@ def plan_slice(plan: TensorPlan, start: int, size: int) -> TensorPlan:
 # -- the workers ----------------------------------------------------------------------------
 
 _thread_copies = threading.local()  # each worker thread perturbs its own copy
-_installed: dict[str, bytes] = {}  # payloads given by a pool's initializer, by token
 # How many times this process unpickled a check's loss and parameters (for tests).
 payload_loads = 0
-
-
-def install_payload(token: str, data: bytes) -> None:
-    """Pool initializer: keep the pickled loss and parameters for this process's tasks."""
-    _installed[token] = data
+# True once keep_freed_memory raised this process's malloc thresholds.
+malloc_tuned = False
 
 
 def evaluate_chunk(task: ChunkTask | GroupTask, payload: bytes | None) -> ChunkOutcome:
@@ -649,13 +733,13 @@ def evaluate_chunk(task: ChunkTask | GroupTask, payload: bytes | None) -> ChunkO
         )
     if copy is None:
         return ChunkOutcome(missing=True)
-    outputs: Outputs = ([], [])
+    outputs = task.outputs()
     try:
         task.run(copy, outputs)
     except Exception as error:
         drop_element_note(error)
-        return ChunkOutcome(outputs[0], outputs[1], shippable(error), traceback.format_exc())
-    return ChunkOutcome(outputs[0], outputs[1])
+        return ChunkOutcome(*task.values(outputs), shippable(error), traceback.format_exc())
+    return ChunkOutcome(*task.values(outputs))
 
 
 @dataclass
@@ -686,7 +770,7 @@ def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
     copies = thread_copies()
     if token in copies:
         return copies[token]
-    data = payload if payload is not None else _installed.get(token)
+    data = payload
     if data is None:
         return None
     global payload_loads
@@ -702,17 +786,21 @@ def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
     return copies[token]
 
 
-def keep_freed_memory() -> None:
+def keep_freed_memory(force: bool = False) -> None:
     """Raise glibc's malloc thresholds in a worker process (see MMAP_THRESHOLD_BYTES),
-    unless MALLOC_* variables already set them (Dask sets MALLOC_TRIM_THRESHOLD_)."""
-    if sys.platform != "linux" or any(name.startswith("MALLOC_") for name in os.environ):
+    unless MALLOC_* variables already set them (Dask's workers get MALLOC_TRIM_THRESHOLD_)
+    and ``force`` is False."""
+    if sys.platform != "linux":
+        return
+    if not force and any(name.startswith("MALLOC_") for name in os.environ):
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    global malloc_tuned
+    malloc_tuned = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    malloc_tuned &= bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def thread_copies() -> dict[str, WorkerCopy]:
