@@ -209,6 +209,8 @@ def test_a_value_read_into_python_refuses_the_tape_and_the_loop_takes_over():
     assert "one element at a time" in note and "Python branch" in note
     for batched, looped in pairs:
         np.testing.assert_array_equal(batched, looped)
+    result = ng.check(closure, model, mode="full", progress=False)
+    assert any("one element at a time" in n and "Python branch" in n for n in result.notes)
 
 
 def test_batchnorm_in_training_mode_uses_each_copys_batch_statistics():

@@ -74,6 +74,12 @@ class ParameterAdapter(ABC):
         """The loss's argument with one tensor replaced by ``array`` (complex steps)."""
         raise GradCheckError("method='complex' is available for NumPy parameters only")
 
+    @property
+    def evaluation_notes(self) -> list[str]:
+        """Sentences about how the loss was evaluated (e.g. why one element at a time),
+        read when the check ends."""
+        return []
+
     def perturbed_buffers(self) -> list[Any]:
         """The arrays or tensors the check writes into (claimed against concurrent checks)."""
         return []

@@ -250,6 +250,10 @@ class TorchParameterSet(ParameterAdapter):
         """NumPy dtypes of the parameters as checked (float64 while promoted)."""
         return [np.dtype(NUMPY_DTYPES[t.dtype]) for t in self.tensors]
 
+    def perturbed_buffers(self) -> list[Any]:
+        """The tensors the check writes into (claimed against concurrent checks)."""
+        return list(self.tensors)
+
     def argument(self) -> Any:
         """What ``loss(params)`` receives: the user's model, list or dict."""
         return self.original

@@ -391,7 +391,7 @@ def reject_non_finite(plan: TensorPlan, outputs: Outputs) -> None:
 
 
 def result_notes(tensors: list[TensorCheck], setup: CheckSetup, scheme: Scheme) -> list[str]:
-    notes = []
+    notes = list(setup.params.evaluation_notes)
     kinks = sum(int((t.kink & t.evaluated).sum()) for t in tensors)
     if kinks:
         notes.append(
