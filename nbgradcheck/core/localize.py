@@ -68,7 +68,7 @@ from nbgradcheck.core.engine import (
 from nbgradcheck.core.evaluate import GroupPoints, Outputs
 from nbgradcheck.core.plan import FAST_DIRECTIONS, TensorPlan, elements_to_check, planned_points
 from nbgradcheck.core.progress import chunk_size, open_bar, should_show
-from nbgradcheck.core.result import CheckResult, TensorCheck
+from nbgradcheck.core.result import ELEMENT_ARRAYS, CheckResult, TensorCheck
 from nbgradcheck.core.schemes import CENTRAL, NOISE_FACTOR, Scheme
 from nbgradcheck.errors import NonFiniteLossError
 
@@ -457,25 +457,12 @@ class TensorSearch:
         )
 
 
-MERGED_FIELDS = (
-    "indices",
-    "values",
-    "analytic",
-    "numeric",
-    "step",
-    "loss_plus",
-    "loss_minus",
-    "noise",
-    "kink",
-)
-
-
 def merged_checks(parts: list[TensorCheck], template: TensorCheck) -> TensorCheck:
     """One TensorCheck holding the elements of ``parts`` (disjoint), sorted by index."""
     if not parts:
         return template
     order = np.argsort(np.concatenate([p.indices for p in parts]), kind="stable")
-    for name in MERGED_FIELDS:
+    for name in ELEMENT_ARRAYS:
         joined = np.concatenate([np.asarray(getattr(p, name)) for p in parts])
         setattr(template, name, joined[order])
     return template
