@@ -16,6 +16,7 @@ from conftest import frozen
 
 import nbgradcheck as ng
 from nbgradcheck.core.plan import AUTO_FULL_EVALUATIONS, choose_mode
+from nbgradcheck.core.result import ELEMENT_ARRAYS
 from nbgradcheck.core.schemes import CENTRAL
 from nbgradcheck.demo import course_network
 from nbgradcheck.errors import GradCheckError, NonFiniteLossError, UnpicklableLossError
@@ -26,17 +27,7 @@ cloudpickle = pytest.importorskip("cloudpickle")
 # Losses defined in this module travel by value, so workers need not import it.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-TENSOR_FIELDS = (
-    "indices",
-    "values",
-    "analytic",
-    "numeric",
-    "step",
-    "loss_plus",
-    "loss_minus",
-    "noise",
-    "kink",
-)
+TENSOR_FIELDS = ELEMENT_ARRAYS  # every per-element array of a tensor's measurements
 
 
 @pytest.fixture(scope="module")
