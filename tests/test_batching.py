@@ -253,14 +253,46 @@ def test_a_closure_over_its_own_parameter_reference_is_refused():
 # -- the evaluation interface: arrays in plan order -----------------------------------------
 
 
-def test_outputs_fill_in_order_and_keep_nan_for_what_was_not_evaluated():
-    outputs = Outputs(5)
+def test_outputs_fill_in_order_and_keep_what_a_task_recorded():
+    outputs = Outputs()
     outputs.extend(0, [1.0, 2.0])
     outputs.extend(1, np.array([3.0]))
     outputs.extend(0, [4.0])
     assert outputs.filled == [3, 1] and outputs.evaluations == 4
     np.testing.assert_array_equal(outputs.recorded(0), [1.0, 2.0, 4.0])
-    assert np.isnan(outputs.plus[3:]).all() and np.isnan(outputs.minus[1:]).all()
+    np.testing.assert_array_equal(outputs.recorded(1), [3.0])
+
+
+@pytest.mark.parametrize("sides", [(True, True), (True, False), (False, True)])
+def test_outputs_hand_on_each_element_once_when_its_sides_are_recorded(sides):
+    """Losses arriving in uneven runs (a batched chunk, a parallel task) are measured in
+    plan order, each element once, as soon as every side it uses is in; an unused side is
+    NaN; an element with one side missing (Ctrl-C between them) is never measured."""
+    runs: list[tuple[int, np.ndarray, np.ndarray]] = []
+    outputs = Outputs(sides, measure=lambda first, p, m: runs.append((first, p, m)))
+    plus, minus = np.arange(10.0), -np.arange(10.0)
+    for side, cuts in ((0, [0, 3, 4, 9]), (1, [0, 1, 7, 8])):
+        if not sides[side]:
+            continue
+        source = (plus, minus)[side]
+        for a, b in zip(cuts, cuts[1:]):
+            outputs.extend(side, source[a:b])
+    measured = sum(len(p) for _, p, _ in runs)
+    expected = min(count for count, used in zip((9, 8), sides) if used)
+    assert measured == expected and outputs.measured == expected
+    assert [first for first, _, _ in runs] == list(
+        np.cumsum([0] + [len(p) for _, p, _ in runs])[:-1]
+    )
+    got_plus = np.concatenate([p for _, p, _ in runs])
+    got_minus = np.concatenate([m for _, _, m in runs])
+    if sides[0]:
+        np.testing.assert_array_equal(got_plus, plus[:expected])
+    else:
+        assert np.isnan(got_plus).all()
+    if sides[1]:
+        np.testing.assert_array_equal(got_minus, minus[:expected])
+    else:
+        assert np.isnan(got_minus).all()
 
 
 def test_ctrl_c_during_batched_evaluation_keeps_the_chunks_done(monkeypatch):

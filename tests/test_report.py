@@ -134,7 +134,7 @@ def test_json_is_strict_and_follows_the_versioned_schema(buggy_result):
     text = buggy_result.to_json()
     data = json.loads(text)
     assert data == buggy_result.to_dict()
-    assert data["schema"] == "nbgradcheck.result" and data["schema_version"] == 1
+    assert data["schema"] == "nbgradcheck.result" and data["schema_version"] == 2
     assert data["verdict"] == "wrong" and data["failing"] == ["b1", "W2"]
     w2 = data["tensors"][2]
     assert w2["name"] == "W2" and w2["shape"] == [3, 5] and w2["worst_index"] == [2, 0]

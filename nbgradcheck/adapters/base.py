@@ -56,6 +56,12 @@ class ParameterAdapter(ABC):
     def flat_values(self, position: int, indices: np.ndarray) -> np.ndarray:
         """Current values of some elements (flat C-order indices), in the tensor's dtype."""
 
+    def values_at_start(self, position: int) -> np.ndarray:
+        """Every element's value when the check started, flat, in the tensor's dtype (a
+        read-only view of the snapshot where the adapter keeps one)."""
+        size = int(np.prod(self.shapes[position], dtype=np.int64))
+        return self.flat_values(position, np.arange(size, dtype=np.int64))
+
     @abstractmethod
     def element_setter(self, position: int) -> SetElement:
         """A function setting one element by flat C-order index, in place."""

@@ -132,6 +132,14 @@ class ParameterSet(ParameterAdapter):
         array = self.buffers[position]
         return np.asarray(flat_view(array)[indices], dtype=array.dtype)
 
+    def values_at_start(self, position: int) -> np.ndarray:
+        """The snapshot's flat values (a read-only view: no copy of a large tensor)."""
+        if self.reference is None:
+            return super().values_at_start(position)
+        view = self.reference[position].view()
+        view.flags.writeable = False
+        return view
+
     def element_setter(self, position: int) -> Callable[[int, Any], None]:
         """A function setting one element by flat C-order index, in place.
 
@@ -568,11 +576,19 @@ def meaningful_bytes(array: np.ndarray) -> np.ndarray:
     return rows[:, value_bytes(array.dtype)]
 
 
+# same_bits compares this many elements at a time (no copy of a large array).
+COMPARE_BLOCK = 65536
+
+
 def same_bits(array: np.ndarray, saved: np.ndarray) -> bool:
     """Bit for bit the same values (signed zeros and NaN payloads told apart); padding
-    bytes, which hold no value, are ignored."""
-    return array.shape == saved.shape and np.array_equal(
-        meaningful_bytes(array), meaningful_bytes(saved)
+    bytes, which hold no value, are ignored. Compared block by block."""
+    if array.shape != saved.shape:
+        return False
+    flat, flat_saved = array.reshape(-1), saved.reshape(-1)
+    return all(
+        np.array_equal(meaningful_bytes(flat[part]), meaningful_bytes(flat_saved[part]))
+        for part in (slice(i, i + COMPARE_BLOCK) for i in range(0, flat.size, COMPARE_BLOCK))
     )
 
 

@@ -28,11 +28,11 @@ from nbgradcheck.core.evaluate import (
     make_evaluator,
     takes_argument,
 )
-from nbgradcheck.core.plan import TensorPlan, sub_plan
+from nbgradcheck.core.plan import TensorPlan, blocks, rounded_sides, sub_plan
 from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
 from nbgradcheck.core.result import TensorCheck
 from nbgradcheck.core.schemes import Scheme
-from nbgradcheck.core.verdict import element_failing, kink_crossings
+from nbgradcheck.core.verdict import kink_crossings
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
 
 # Failing elements are re-estimated with steps this many times smaller (up to
@@ -181,7 +181,7 @@ def check_plans(
     plans: list[TensorPlan], setup: CheckSetup, scheme: Scheme, tol: float, progress: bool | None
 ) -> tuple[list[TensorCheck], int, bool]:
     """Evaluate, measure and refine each plan; stops evaluating at Ctrl-C."""
-    total = sum(p.indices.size for p in plans)
+    total = sum(p.count for p in plans)
     per_element = setup.seconds_per_evaluation * scheme.evaluations_per_element
     expected = per_element * total / setup.evaluator.workers
     bar = open_bar(setup.make_bar, total, should_show(progress, expected))
@@ -191,14 +191,13 @@ def check_plans(
     try:
         for plan in plans:
             bar.describe(plan.name)
-            outputs = Outputs.for_plan(plan, scheme)
+            tensor, outputs = measuring(plan, setup, scheme, tol)
             try:
                 if complete:
                     setup.evaluator.element_losses(plan, scheme, outputs, bar.advance, chunk)
             except KeyboardInterrupt:
                 complete = False
             evaluations += outputs.evaluations
-            tensor = measure_tensor(plan, setup, scheme, outputs, tol)
             try:
                 if complete and scheme.real_steps:
                     evaluations += refine_failing(plan, tensor, setup, scheme, chunk, tol)
@@ -238,13 +237,7 @@ def failing_positions(tensor: TensorCheck) -> np.ndarray:
     """Positions of the failing elements not explained by a kink, found block by block
     (the tensor's full error arrays would cost several times its size)."""
     found = [
-        part.start
-        + np.flatnonzero(
-            element_failing(
-                tensor.numeric[part], tensor.analytic[part], tensor.noise[part], tensor.tol
-            )
-            & ~tensor.kink[part]
-        )
+        part.start + np.flatnonzero(tensor.failing_in(part) & ~tensor.kink[part])
         for part in blocks(tensor.numeric.size)
     ]
     return np.concatenate(found) if found else np.array([], dtype=np.int64)
@@ -273,15 +266,14 @@ def re_estimate(
     if not positions.size:
         return 0, 0
     try:
-        sub = sub_plan(plan, positions, plan.steps[positions] / REFINE_FACTOR**level, scheme)
+        sub = sub_plan(plan, positions, REFINE_FACTOR**level)
     except GradCheckError:  # the smaller step rounds away in this dtype
         return 0, 0
-    outputs = Outputs.for_plan(sub, scheme)
+    refined, outputs = measuring(sub, setup, scheme, tol)
     setup.evaluator.element_losses(sub, scheme, outputs, ignore_tick, chunk)
-    refined = measure_tensor(sub, setup, scheme, outputs, tol)
     agreeing = ~refined.element_failing
     if not agreeing.all():
-        extrapolate(refined, tensor.numeric[positions], tensor.step[positions], scheme.order)
+        extrapolate(refined, tensor.numeric[positions], tensor.step_at(positions), scheme.order)
         agreeing = ~refined.element_failing
     tensor.adopt(positions, refined, agreeing)
     return int(agreeing.sum()), outputs.evaluations
@@ -303,90 +295,72 @@ def extrapolate(
 # -- from loss values to measurements ---------------------------------------------------------
 
 
-def measure_tensor(
-    plan: TensorPlan, setup: CheckSetup, scheme: Scheme, outputs: Outputs, tol: float
-) -> TensorCheck:
-    """Numeric gradient, round-off floor and kinks from the recorded loss values (NaN
-    where ``outputs`` holds none: an interrupted check).
-
-    Computed block by block (every figure is per element), so that the temporaries of a
-    million-element tensor stay small; the loss values are kept as recorded."""
-    count = plan.indices.size
-    reject_non_finite(plan, outputs)
-    j0 = setup.loss_value
-    values = plan.values.astype(np.float64, copy=False)
-    numeric, step, noise = np.empty(count), np.empty(count), np.empty(count)
-    loss_plus, loss_minus = outputs.plus, outputs.minus
-    if not scheme.real_steps:  # J(θ+iε) is complex; its real part is J(θ+ε) as stored
-        loss_plus = np.empty(count)
+def measuring(
+    plan: TensorPlan, setup: CheckSetup, scheme: Scheme, tol: float
+) -> tuple[TensorCheck, Outputs]:
+    """A TensorCheck for ``plan`` (NaN until measured) and the :class:`Outputs` that
+    measures it as the losses arrive: numeric gradient, round-off floor and kinks, run by
+    run of elements, so a million-element tensor never holds its losses at once."""
+    count = plan.count
     analytic_full = setup.analytic[plan.position]
-    analytic = gathered(analytic_full.reshape(-1), plan.indices)
-    kink = np.zeros(count, dtype=bool)
-    for part in blocks(count):
-        up = np.real(plan.plus[part]).astype(np.float64, copy=False) - values[part]
-        down = values[part] - np.real(plan.minus[part]).astype(np.float64, copy=False)
-        high, low = outputs.plus[part], loss_minus[part]
-        numeric[part], step[part], high = scheme.estimate(j0, high, low, up, down, plan.steps[part])
-        loss_plus[part] = high
-        noise[part] = scheme.noise(setup.unit_roundoff, j0, high, low, step[part])
-        if scheme.sees_kinks:
-            kink[part] = kink_crossings(
-                numeric[part], analytic[part], j0, high, low, up, down, noise[part], tol
-            )
-    return TensorCheck(
+    analytic = gathered(analytic_full.reshape(-1), plan)
+    tensor = TensorCheck(
         plan.name,
         plan.shape,
         plan.dtype,
         plan.indices,
-        values,
+        plan.values64(),
         analytic,
-        numeric,
-        step,
-        loss_plus,
-        loss_minus,
-        noise,
-        kink,
+        np.full(count, np.nan),
+        plan if plan.indices is None else plan.steps_taken(),
+        np.full(count, np.nan),
+        np.zeros(count, dtype=bool),
         analytic_full,
         tol,
     )
+    j0, roundoff = setup.loss_value, setup.unit_roundoff
+
+    def measure(first: int, loss_plus: np.ndarray, loss_minus: np.ndarray) -> None:
+        part = slice(first, first + loss_plus.size)
+        reject_non_finite(plan, part, loss_plus, loss_minus)
+        values = plan.values64(part)
+        up, down = rounded_sides(*plan.points(part), values)
+        numeric, step, high = scheme.estimate(j0, loss_plus, loss_minus, up, down, plan.steps(part))
+        noise = scheme.noise(roundoff, j0, high, loss_minus, step)
+        tensor.numeric[part], tensor.noise[part] = numeric, noise
+        if scheme.sees_kinks:
+            tensor.kink[part] = kink_crossings(
+                numeric, analytic[part], j0, high, loss_minus, up, down, noise, tol
+            )
+
+    return tensor, Outputs.for_plan(scheme, measure)
 
 
-# Per-element arithmetic with temporaries (kink detection) runs over blocks this long, so
-# that a million-element tensor needs no dozen million-element temporaries at once.
-BLOCK_ELEMENTS = 65536
+def gathered(flat: np.ndarray, plan: TensorPlan) -> np.ndarray:
+    """``flat`` at the plan's elements; the array itself (no copy) for a full check."""
+    return flat if plan.everything else flat[plan.flat_indices()]
 
 
-def blocks(count: int) -> list[slice]:
-    return [slice(start, start + BLOCK_ELEMENTS) for start in range(0, count, BLOCK_ELEMENTS)]
-
-
-def gathered(flat: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """``flat[indices]``; the array itself (no copy) when the indices are all of it."""
-    return flat if is_everything(indices, flat.size) else flat[indices]
-
-
-def is_everything(indices: np.ndarray, size: int) -> bool:
-    """True when ``indices`` is 0, 1, ..., size − 1 (compared block by block)."""
-    if indices.size != size:
-        return False
-    return all(
-        np.array_equal(indices[part], np.arange(part.start, min(part.stop, size)))
-        for part in blocks(size)
-    )
-
-
-def reject_non_finite(plan: TensorPlan, outputs: Outputs) -> None:
-    """Raise NonFiniteLossError naming the first element whose perturbation broke J."""
-    for side, sign, shifted in zip((0, 1), ("+ε", "−ε"), (plan.plus, plan.minus)):
-        losses = outputs.recorded(side)
+def reject_non_finite(
+    plan: TensorPlan, part: slice, loss_plus: np.ndarray, loss_minus: np.ndarray
+) -> None:
+    """Raise NonFiniteLossError naming the first element of ``part`` whose perturbation
+    broke J (θ+ε before θ−ε)."""
+    shifted = plan.points(part)
+    for side, sign, losses in zip((0, 1), ("+ε", "−ε"), (loss_plus, loss_minus)):
+        if not (plan.scheme.plus, plan.scheme.minus)[side]:
+            continue
         finite = np.isfinite(losses)
         if finite.all():
             continue
         j = int(np.argmin(finite))
-        where = format_index(np.unravel_index(int(plan.indices[j]), plan.shape))
+        at = part.start + j
+        where = format_index(
+            np.unravel_index(int(plan.flat_indices(slice(at, at + 1))[0]), plan.shape)
+        )
         raise NonFiniteLossError(
             f"the loss became {losses[j]} when {plan.name}{where} was perturbed "
-            f"({sign}) from {plan.values[j]!r} to {shifted[j]!r}; parameters restored"
+            f"({sign}) from {plan.values[at]!r} to {shifted[side][j]!r}; parameters restored"
         )
 
 

@@ -52,36 +52,76 @@ REAL_FOR_COMPLEX = (
 )
 
 
-class Outputs:
-    """J at θ+ε and at θ−ε for the elements of one plan, in plan order.
+Measure = Callable[[int, np.ndarray, np.ndarray], None]
 
-    Preallocated float arrays (complex for the complex step), NaN until evaluated;
-    ``filled`` counts the values recorded on each side, so an interrupted evaluation
-    keeps what it computed.
+
+class Outputs:
+    """J at θ+ε and at θ−ε for the elements of one plan, arriving in plan order.
+
+    ``extend(side, values)`` records the next values of one side; ``filled`` counts them,
+    so an interrupted evaluation keeps what it computed. With ``measure``, each run of
+    elements whose sides are all recorded is handed on as ``measure(first, J+, J−)`` (J
+    of an unused side is NaN) and forgotten: a million-element tensor never holds its
+    losses at once. Without it the values are kept (``recorded``): a worker's task.
     """
 
-    __slots__ = ("filled", "minus", "plus")
+    __slots__ = ("dtypes", "filled", "measure", "measured", "pending", "sides")
 
-    def __init__(self, count: int, complex_values: bool = False) -> None:
-        self.plus = np.full(count, np.nan, dtype=complex if complex_values else float)
-        self.minus = np.full(count, np.nan, dtype=float)
-        self.filled = [0, 0]
+    def __init__(
+        self,
+        sides: tuple[bool, bool] = (True, True),
+        complex_values: bool = False,
+        measure: Measure | None = None,
+    ) -> None:
+        self.sides, self.measure = sides, measure
+        self.dtypes = (complex if complex_values else float, float)
+        self.filled, self.measured = [0, 0], 0
+        self.pending: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
 
     @classmethod
-    def for_plan(cls, plan: TensorPlan, scheme: Scheme) -> Outputs:
-        return cls(int(plan.indices.size), complex_values=not scheme.real_steps)
+    def for_plan(cls, scheme: Scheme, measure: Measure | None = None) -> Outputs:
+        return cls((scheme.plus, scheme.minus), not scheme.real_steps, measure)
 
     def extend(self, side: int, values: Any) -> None:
         """Record the next values of one side (0: θ+ε, 1: θ−ε)."""
-        values = np.asarray(values)
-        target = self.plus if side == 0 else self.minus
-        start = self.filled[side]
-        target[start : start + values.size] = values
-        self.filled[side] = start + values.size
+        values = np.asarray(values, dtype=self.dtypes[side]).reshape(-1)
+        if not values.size:
+            return
+        self.pending[side].append(values)
+        self.filled[side] += values.size
+        if self.measure is not None:
+            self.hand_on()
+
+    def hand_on(self) -> None:
+        """Measure the elements whose every used side is now recorded."""
+        ready = min(self.filled[side] for side in (0, 1) if self.sides[side])
+        count = ready - self.measured
+        if count <= 0:
+            return
+        plus, minus = (
+            self.take(side, count) if self.sides[side] else np.full(count, np.nan)
+            for side in (0, 1)
+        )
+        first, self.measured = self.measured, ready
+        self.measure(first, plus, minus)
+
+    def take(self, side: int, count: int) -> np.ndarray:
+        """The oldest ``count`` pending values of one side, removed from the queue."""
+        queue, taken, need = self.pending[side], [], count
+        while need:
+            head = queue[0]
+            if head.size <= need:
+                taken.append(queue.pop(0))
+                need -= head.size
+            else:
+                taken.append(head[:need])
+                queue[0], need = head[need:], 0
+        return taken[0] if len(taken) == 1 else np.concatenate(taken)
 
     def recorded(self, side: int) -> np.ndarray:
-        """The values of one side recorded so far."""
-        return (self.plus, self.minus)[side][: self.filled[side]]
+        """The values of one side recorded (and not yet measured)."""
+        queue = self.pending[side]
+        return np.concatenate(queue) if queue else np.empty(0, dtype=self.dtypes[side])
 
     @property
     def evaluations(self) -> int:
@@ -225,7 +265,8 @@ def in_flight(plan: TensorPlan, scheme: Scheme, outputs: Outputs) -> str:
     finished; the next one was in flight.
     """
     done = outputs.filled[1] if scheme.minus else outputs.filled[0]
-    flat = int(plan.indices[min(done, plan.indices.size - 1)])
+    at = min(done, plan.count - 1)
+    flat = int(plan.flat_indices(slice(at, at + 1))[0])
     return plan.name + format_index(np.unravel_index(flat, plan.shape))
 
 
@@ -264,35 +305,13 @@ class InProcessEvaluator:
         self, plan: TensorPlan, scheme: Scheme, outputs: Outputs, tick: Tick, chunk: int
     ) -> None:
         try:
-            if np.iscomplexobj(plan.plus):
+            if not scheme.real_steps:
                 self.complex_losses(plan, outputs, tick, chunk)
             elif self.batch and self.adapter.can_batch:
                 self.batched_losses(plan, scheme, outputs, tick, max(chunk, BATCH_ELEMENTS))
-            elif scheme.plus and scheme.minus:
-                evaluate_two_sided(
-                    self.adapter.element_setter(plan.position),
-                    self.evaluate,
-                    plan.indices,
-                    plan.plus,
-                    plan.minus,
-                    plan.values,
-                    outputs,
-                    tick,
-                    chunk,
-                )
             else:
-                side = 0 if scheme.plus else 1
-                evaluate_one_sided(
-                    self.adapter.element_setter(plan.position),
-                    self.evaluate,
-                    plan.indices,
-                    plan.plus if scheme.plus else plan.minus,
-                    plan.values,
-                    outputs,
-                    side,
-                    tick,
-                    chunk,
-                )
+                set_element = self.adapter.element_setter(plan.position)
+                evaluate_elements(set_element, self.evaluate, plan, scheme, outputs, tick, chunk)
         except LossError:
             raise
         except Exception as error:
@@ -304,18 +323,17 @@ class InProcessEvaluator:
     ) -> None:
         """Through the adapter's ``batched_losses``: both sides of a chunk in one call."""
         sides = [side for side, used in enumerate((scheme.plus, scheme.minus)) if used]
-        points = (plan.plus, plan.minus)
-        for start in range(0, plan.indices.size, chunk):
-            stop = min(start + chunk, plan.indices.size)
-            indices = plan.indices[start:stop]
-            values = np.concatenate([points[side][start:stop] for side in sides])
+        for start in range(0, plan.count, chunk):
+            part = slice(start, min(start + chunk, plan.count))
+            indices, points = plan.flat_indices(part), plan.points(part)
+            values = np.concatenate([points[side] for side in sides])
             losses = self.adapter.batched_losses(
                 plan.position, np.tile(indices, len(sides)), values
             )
             losses = np.asarray(losses, dtype=float)
             for k, side in enumerate(sides):
                 outputs.extend(side, losses[k * indices.size : (k + 1) * indices.size])
-            tick(stop - start)
+            tick(indices.size)
 
     def complex_losses(self, plan: TensorPlan, outputs: Outputs, tick: Tick, chunk: int) -> None:
         """J(θ+iε): the loss gets the structure with this tensor as a complex copy."""
@@ -329,14 +347,12 @@ class InProcessEvaluator:
         complex_copy = flat.astype(np.complex128).reshape(plan.shape)
         argument = self.adapter.with_replacement(plan.position, complex_copy)
         evaluate = make_evaluator(self.loss, self.adapter, True, self.seed, argument=argument)
-        evaluate_one_sided(
+        evaluate_elements(
             element_setter(complex_copy),
             complex_only(evaluate),
-            plan.indices,
-            plan.plus,
-            plan.values,
+            plan,
+            COMPLEX_SIDE,
             outputs,
-            0,
             tick,
             chunk,
         )
@@ -388,77 +404,92 @@ def complex_only(evaluate: Evaluate) -> Evaluate:
     return checked
 
 
-def evaluate_two_sided(
+class Sides:
+    """Which points the loops evaluate (a scheme, or the complex step's θ+iε alone)."""
+
+    def __init__(self, plus: bool, minus: bool) -> None:
+        self.plus, self.minus = plus, minus
+
+
+COMPLEX_SIDE = Sides(True, False)
+
+
+def evaluate_elements(
     set_element: Callable,
     evaluate: Evaluate,
-    indices: np.ndarray,
-    plus: np.ndarray,
-    minus: np.ndarray,
-    original: np.ndarray,
+    plan: TensorPlan,
+    scheme: Scheme | Sides,
     outputs: Outputs,
     tick: Tick,
     chunk: int,
 ) -> None:
-    """Record J(θ+ε) and J(θ−ε) for each element in ``outputs``.
+    """Record J at each element's points in ``outputs``, element after element.
 
-    The arrays are turned into Python lists LOOP_BLOCK elements at a time (lists of
-    Python floats cost 32 bytes an element)."""
-    out_plus, out_minus = outputs.plus, outputs.minus
-    offset = outputs.filled[0]
-    done_plus = done_minus = 0
-    for start in range(0, indices.size, LOOP_BLOCK):
-        part = slice(start, start + LOOP_BLOCK)
-        where, up, down, saved = (a[part].tolist() for a in (indices, plus, minus, original))
-        at = offset + start
-        j = -1
-        try:
-            for j, i in enumerate(where):
-                set_element(i, up[j])
-                out_plus[at + j] = evaluate()
-                done_plus = start + j + 1
-                set_element(i, down[j])
-                out_minus[at + j] = evaluate()
-                done_minus = done_plus
-                set_element(i, saved[j])
-                if done_minus % chunk == 0:
-                    tick(chunk)
-        finally:
-            outputs.filled[0], outputs.filled[1] = offset + done_plus, offset + done_minus
-            if j >= 0:
-                set_element(where[j], saved[j])
-    tick(indices.size % chunk)
+    The points are computed and turned into Python lists LOOP_BLOCK elements at a time
+    (lists of Python floats cost 32 bytes an element), or a progress tick's worth when
+    that is less; each block's losses are handed to
+    ``outputs`` as the block ends, or as far as they got when the loss raised or the user
+    pressed Ctrl-C."""
+    block = min(LOOP_BLOCK, chunk)
+    for start in range(0, plan.count, block):
+        part = slice(start, min(start + block, plan.count))
+        plus, minus = plan.points(part)
+        where = plan.flat_indices(part).tolist()
+        saved = plan.values[part].tolist()
+        if scheme.plus and scheme.minus:
+            up, down = plus.tolist(), minus.tolist()
+            two_sided_block(set_element, evaluate, where, up, down, saved, outputs)
+        else:
+            side = 0 if scheme.plus else 1
+            moved = (plus if scheme.plus else minus).tolist()
+            one_sided_block(set_element, evaluate, where, moved, saved, outputs, side)
+        tick(part.stop - start)
 
 
-def evaluate_one_sided(
+def two_sided_block(
     set_element: Callable,
     evaluate: Evaluate,
-    indices: np.ndarray,
-    shifted: np.ndarray,
-    original: np.ndarray,
+    where: list,
+    up: list,
+    down: list,
+    saved: list,
+    outputs: Outputs,
+) -> None:
+    """J(θ+ε) and J(θ−ε) for one block of elements, recorded when the block ends."""
+    out_plus, out_minus = [], []
+    j = -1
+    try:
+        for j, i in enumerate(where):
+            set_element(i, up[j])
+            out_plus.append(evaluate())
+            set_element(i, down[j])
+            out_minus.append(evaluate())
+            set_element(i, saved[j])
+    finally:
+        if j >= 0:
+            set_element(where[j], saved[j])
+        outputs.extend(0, out_plus)
+        outputs.extend(1, out_minus)
+
+
+def one_sided_block(
+    set_element: Callable,
+    evaluate: Evaluate,
+    where: list,
+    moved: list,
+    saved: list,
     outputs: Outputs,
     side: int,
-    tick: Tick,
-    chunk: int,
 ) -> None:
-    """Record J at the shifted value of each element in ``outputs`` (side 0: θ+ε, 1: θ−ε)."""
-    out = outputs.plus if side == 0 else outputs.minus
-    offset = outputs.filled[side]
-    done = 0
-    for start in range(0, indices.size, LOOP_BLOCK):
-        part = slice(start, start + LOOP_BLOCK)
-        where, moved, saved = (a[part].tolist() for a in (indices, shifted, original))
-        at = offset + start
-        j = -1
-        try:
-            for j, i in enumerate(where):
-                set_element(i, moved[j])
-                out[at + j] = evaluate()
-                done = start + j + 1
-                set_element(i, saved[j])
-                if done % chunk == 0:
-                    tick(chunk)
-        finally:
-            outputs.filled[side] = offset + done
-            if j >= 0:
-                set_element(where[j], saved[j])
-    tick(indices.size % chunk)
+    """J at the shifted value of each element of one block (side 0: θ+ε, 1: θ−ε)."""
+    out = []
+    j = -1
+    try:
+        for j, i in enumerate(where):
+            set_element(i, moved[j])
+            out.append(evaluate())
+            set_element(i, saved[j])
+    finally:
+        if j >= 0:
+            set_element(where[j], saved[j])
+        outputs.extend(side, out)

@@ -60,13 +60,19 @@ from nbgradcheck.core.engine import (
     REFINE_LEVELS,
     CheckSetup,
     ignore_tick,
-    measure_tensor,
+    measuring,
     probe_repeatability,
     refine_failing,
     result_notes,
 )
-from nbgradcheck.core.evaluate import GroupPoints, Outputs
-from nbgradcheck.core.plan import FAST_DIRECTIONS, TensorPlan, elements_to_check, planned_points
+from nbgradcheck.core.evaluate import GroupPoints
+from nbgradcheck.core.plan import (
+    FAST_DIRECTIONS,
+    TensorPlan,
+    elements_to_check,
+    ensure_resolved,
+    planned_points,
+)
 from nbgradcheck.core.progress import chunk_size, open_bar, should_show
 from nbgradcheck.core.result import ELEMENT_ARRAYS, CheckResult, TensorCheck
 from nbgradcheck.core.schemes import CENTRAL, NOISE_FACTOR, Scheme
@@ -375,7 +381,8 @@ class TensorSearch:
     def sample(self, pool: np.ndarray, count: int, partners: bool) -> np.ndarray:
         """Check ``count`` elements spread over ``pool`` (and their transposition
         partners); returns their indices."""
-        chosen = pool[elements_to_check(pool.size, "sample", count, self.rng)]
+        picked = elements_to_check(pool.size, "sample", count, self.rng)
+        chosen = pool if picked is None else pool[picked]
         if partners:
             chosen = np.concatenate([chosen, *transposition_partners(chosen, self.shape)])
         self.check_elements(chosen)
@@ -387,14 +394,13 @@ class TensorSearch:
         if not indices.size:
             return
         plan = self.element_plan(indices)
-        outputs = Outputs.for_plan(plan, self.scheme)
+        tensor, outputs = measuring(plan, self.setup, self.scheme, self.tol)
         interrupted = False
         try:
             self.setup.evaluator.element_losses(plan, self.scheme, outputs, ignore_tick, self.chunk)
         except KeyboardInterrupt:
             interrupted = True
         self.element_evaluations += outputs.evaluations
-        tensor = measure_tensor(plan, self.setup, self.scheme, outputs, self.tol)
         self.checks.append(tensor)
         self.checked[indices] = True
         if interrupted:
@@ -406,20 +412,18 @@ class TensorSearch:
         self.corrected[tensor.indices[wrong]] = tensor.numeric[wrong]
 
     def element_plan(self, indices: np.ndarray) -> TensorPlan:
-        values = self.values[indices]
-        steps = self.steps[indices]
-        plus, minus = planned_points(
-            self.scheme,
-            values.astype(np.float64),
-            steps,
-            self.dtype,
+        plan = TensorPlan(
+            self.position,
             self.name,
-            indices,
             self.shape,
+            self.dtype,
+            indices,
+            self.values[indices],
+            self.scheme,
+            self.eps,
+            self.setup.unit_roundoff,
         )
-        return TensorPlan(
-            self.position, self.name, self.shape, self.dtype, indices, values, plus, minus, steps
-        )
+        return ensure_resolved(plan)
 
     def failing_found(self) -> bool:
         return any(bool((t.element_failing & ~t.kink).any()) for t in self.checks)
@@ -449,8 +453,6 @@ class TensorSearch:
             empty,
             empty,
             empty,
-            empty,
-            empty,
             np.array([], dtype=bool),
             self.setup.analytic[self.position],
             self.tol,
@@ -462,9 +464,13 @@ def merged_checks(parts: list[TensorCheck], template: TensorCheck) -> TensorChec
     if not parts:
         return template
     order = np.argsort(np.concatenate([p.indices for p in parts]), kind="stable")
-    for name in ELEMENT_ARRAYS:
-        joined = np.concatenate([np.asarray(getattr(p, name)) for p in parts])
-        setattr(template, name, joined[order])
+    joined = {
+        name: np.concatenate([np.asarray(getattr(p, name)) for p in parts])[order]
+        for name in ELEMENT_ARRAYS
+    }
+    template.checked_indices, template.steps = joined.pop("indices"), joined.pop("step")
+    for name, array in joined.items():
+        setattr(template, name, array)
     return template
 
 

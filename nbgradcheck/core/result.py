@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import FrozenInstanceError, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,25 +27,15 @@ from nbgradcheck.core.directional import DirectionalTests
 from nbgradcheck.core.verdict import (
     Judgement,
     Measurements,
+    Norms,
     element_failing,
     judge,
-    relative_difference,
-    relative_floor,
     worst_verdict,
 )
 
-# The arrays of a TensorCheck, one entry per checked element (made read-only at freeze).
-ELEMENT_ARRAYS = (
-    "indices",
-    "values",
-    "analytic",
-    "numeric",
-    "step",
-    "loss_plus",
-    "loss_minus",
-    "noise",
-    "kink",
-)
+# The per-element arrays of a TensorCheck, one entry per checked element (read-only once
+# frozen). ``indices`` and ``step`` are derived for a full check (no copies are kept).
+ELEMENT_ARRAYS = ("indices", "values", "analytic", "numeric", "step", "noise", "kink")
 ERROR_KEYS = ("abs_error", "rel_error")
 # The per-tensor summary, in the order of the text table (and of ``result.table``).
 SUMMARY_COLUMNS = (
@@ -60,6 +50,8 @@ SUMMARY_COLUMNS = (
     "verdict",
     "diagnosis",
 )
+# Per-element figures are summarised over blocks this long (temporaries stay small).
+SUMMARY_BLOCK = 16384
 
 
 def read_only(array: Any) -> np.ndarray:
@@ -70,29 +62,16 @@ def read_only(array: Any) -> np.ndarray:
     return view
 
 
-@dataclass(frozen=True, eq=False)
-class ElementErrors:
-    """Per-element numbers derived from a tensor's measurements."""
+def blocks(count: int) -> list[slice]:
+    return [slice(first, first + SUMMARY_BLOCK) for first in range(0, count, SUMMARY_BLOCK)]
 
-    evaluated: np.ndarray  # numeric value known (not NaN)
-    counted: np.ndarray  # evaluated and not at a kink: these enter the verdict
-    abs_error: np.ndarray  # |numeric − analytic|
-    rel_error: np.ndarray  # |numeric − analytic| / (|numeric| + |analytic|); 0 when both 0
-    failing: np.ndarray  # over tol and over the element's round-off floor
 
-    @classmethod
-    def of(cls, tensor: TensorCheck) -> ElementErrors:
-        numeric, analytic = tensor.numeric, tensor.analytic
-        evaluated = ~np.isnan(numeric)
-        abs_error = np.abs(numeric - analytic)
-        scale = np.abs(numeric) + np.abs(analytic)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rel_error = np.where(scale > 0, abs_error / np.where(scale > 0, scale, 1), 0.0)
-        failing = evaluated & element_failing(numeric, analytic, tensor.noise, tensor.tol)
-        return cls(evaluated, evaluated & ~tensor.kink, abs_error, rel_error, failing)
+class StepSource(Protocol):
+    """Where the steps of a full check come from (its plan): computed when asked."""
 
-    def frozen(self) -> ElementErrors:
-        return ElementErrors(*(read_only(getattr(self, n)) for n in self.__dataclass_fields__))
+    def steps_taken(self, part: slice = ...) -> np.ndarray: ...
+
+    def subset(self, positions: np.ndarray, divisor: float = 1.0) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -111,20 +90,22 @@ class TensorCheck:
     """Per-element measurements for one parameter tensor (arrays over checked elements).
 
     Mutable while the check runs (the engine refines estimates); frozen by
-    :meth:`freeze` when the check ends, after which every verdict, error and the
-    diagnosis are stored values and the arrays are read-only.
+    :meth:`freeze` when the check ends, after which the verdict, the summary figures and
+    the diagnosis are stored values and the arrays are read-only. Errors per element
+    (``abs_error``, ``rel_error``, ``element_failing``) are derived from the stored
+    numbers when asked, and a full check keeps no index array and no step array: a
+    million-element result holds its values, analytic and numeric gradients, noise
+    floors and kink flags, nothing else.
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
-    indices: np.ndarray  # flat (C-order) indices of the elements checked
+    checked_indices: np.ndarray | None  # flat C-order indices; None: every element
     values: np.ndarray  # parameter values at those elements (float64)
     analytic: np.ndarray  # the model's gradient at those elements
     numeric: np.ndarray  # finite-difference estimate; NaN where not evaluated (interrupted)
-    step: np.ndarray  # actual step between the two evaluation points
-    loss_plus: np.ndarray  # J(θ+ε) (NaN when the method does not use it)
-    loss_minus: np.ndarray  # J(θ−ε) (NaN when the method does not use it)
+    steps: np.ndarray | StepSource  # step between the two points, or the plan to compute it
     noise: np.ndarray  # round-off floor of each numeric estimate
     kink: np.ndarray  # True where a slope jump explains the discrepancy
     # the whole analytic gradient (None when unknown: a result loaded from JSON)
@@ -150,32 +131,44 @@ class TensorCheck:
         return "_outcome" in self.__dict__
 
     def freeze(self) -> TensorCheck:
-        """Compute the verdict, the errors and the diagnosis once and store them; make the
+        """Compute the verdict, the summary and the diagnosis once and store them; make the
         arrays read-only. Called when the check ends; later calls do nothing."""
         if self.frozen:
             return self
-        for name in ELEMENT_ARRAYS:
+        for name in ("values", "analytic", "numeric", "noise", "kink"):
             super().__setattr__(name, read_only(getattr(self, name)))
-        if self.analytic_full is not None:
-            super().__setattr__("analytic_full", read_only(self.analytic_full))
+        for name in ("checked_indices", "steps", "analytic_full"):
+            if isinstance(getattr(self, name), np.ndarray):
+                super().__setattr__(name, read_only(getattr(self, name)))
         stored = self.__dict__  # set directly: __setattr__ refuses once "_outcome" is in
-        stored["_errors"] = errors = ElementErrors.of(self).frozen()
-        stored["_judgement"] = judge(self.measurements(), self.tol)
-        worst = self.worst_first("abs_error", counted_only=True, limit=1)
+        stored["_parts"] = self.measurements()
+        stored["_judgement"] = judge(stored["_parts"], self.tol)
+        checked, kinks, worst = self.summary_counts()
         stored["_outcome"] = TensorOutcome(
             judgement=stored["_judgement"],
             diagnosis=diagnose(self),
-            checked=int(errors.evaluated.sum()),
-            kinks=int((self.kink & errors.evaluated).sum()),
-            worst_position=int(worst[0]) if worst.size else None,
+            checked=checked,
+            kinks=kinks,
+            worst_position=worst,
         )
         return self
 
-    @property
-    def errors(self) -> ElementErrors:
-        """Stored once frozen; from the measurements so far while the check runs."""
-        stored = self.__dict__.get("_errors")
-        return stored if stored is not None else ElementErrors.of(self)
+    def summary_counts(self) -> tuple[int, int, int | None]:
+        """(elements evaluated, kinks among them, position of the counted element with the
+        largest |n − a|, first in index order among ties), block by block."""
+        checked = kinks = 0
+        worst, largest = None, -1.0
+        for part in blocks(self.numeric.size):
+            evaluated = ~np.isnan(self.numeric[part])
+            kink = self.kink[part] & evaluated
+            checked += int(evaluated.sum())
+            kinks += int(kink.sum())
+            errors = np.abs(self.numeric[part] - self.analytic[part])
+            errors[~evaluated | kink] = -1.0
+            if errors.size and errors.max() > largest:
+                at = int(np.argmax(errors))
+                worst, largest = part.start + at, float(errors[at])
+        return checked, kinks, worst
 
     @property
     def judgement(self) -> Judgement:
@@ -190,31 +183,63 @@ class TensorCheck:
         return math.prod(self.shape)
 
     @property
+    def indices(self) -> np.ndarray:
+        """Flat C-order indices of the elements checked."""
+        if self.checked_indices is not None:
+            return self.checked_indices
+        return read_only(np.arange(self.numeric.size, dtype=np.int64))
+
+    @property
+    def step(self) -> np.ndarray:
+        """The step taken between the two evaluation points of each element."""
+        if isinstance(self.steps, np.ndarray):
+            return self.steps
+        return read_only(self.steps.steps_taken())
+
+    def step_at(self, positions: np.ndarray) -> np.ndarray:
+        if isinstance(self.steps, np.ndarray):
+            return self.steps[positions]
+        return self.steps.subset(positions).steps_taken()
+
+    @property
     def evaluated(self) -> np.ndarray:
-        return self.errors.evaluated
+        """Elements whose numeric value is known (not NaN)."""
+        return ~np.isnan(self.numeric)
 
     @property
     def counted(self) -> np.ndarray:
         """Elements that enter the verdict: evaluated and not at a kink."""
-        return self.errors.counted
+        return self.evaluated & ~self.kink
 
     @property
     def abs_error(self) -> np.ndarray:
-        return self.errors.abs_error
+        """|numeric − analytic|."""
+        return np.abs(self.numeric - self.analytic)
 
     @property
     def rel_error(self) -> np.ndarray:
-        return self.errors.rel_error
+        """|numeric − analytic| / (|numeric| + |analytic|); 0 where both are 0."""
+        scale = np.abs(self.numeric) + np.abs(self.analytic)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(scale > 0, self.abs_error / np.where(scale > 0, scale, 1), 0.0)
 
     @property
     def element_failing(self) -> np.ndarray:
         """Elements whose error exceeds both the tolerance and their round-off floor."""
-        return self.errors.failing
+        return self.failing_in(slice(None))
+
+    def failing_in(self, part: slice) -> np.ndarray:
+        n, a = self.numeric[part], self.analytic[part]
+        return ~np.isnan(n) & element_failing(n, a, self.noise[part], self.tol)
 
     def adopt(self, positions: np.ndarray, other: TensorCheck, take: np.ndarray) -> None:
         """Replace the measurements at ``positions[take]`` with ``other``'s (a re-estimate)."""
-        for name in ("numeric", "step", "loss_plus", "loss_minus", "noise", "kink"):
-            getattr(self, name)[positions[take]] = getattr(other, name)[take]
+        if not take.any():
+            return
+        if not isinstance(self.steps, np.ndarray):
+            self.steps = self.step.copy()
+        for name in ("numeric", "steps", "noise", "kink"):
+            getattr(self, name)[positions[take]] = np.asarray(getattr(other, name))[take]
         self.refined += int(np.count_nonzero(take))
 
     # -- what enters the verdict ---------------------------------------------------------
@@ -223,10 +248,26 @@ class TensorCheck:
         """Fast mode tested this tensor along whole-tensor directions (not one by one)."""
         return self.directional is not None and len(self.directional.tests) > 0
 
+    def element_norms(self, mask: np.ndarray | None = None) -> Norms:
+        """:class:`Norms` of the counted elements (those in ``mask`` too), block by block."""
+        parts = []
+        for part in blocks(self.numeric.size):
+            chosen = ~np.isnan(self.numeric[part]) & ~self.kink[part]
+            if mask is not None:
+                chosen &= mask[part]
+            n, a = self.numeric[part][chosen], self.analytic[part][chosen]
+            parts.append(Norms.of(n, a, self.noise[part][chosen]))
+        return Norms.total(parts)
+
     def element_measurements(self, mask: np.ndarray | None = None) -> Measurements:
         """The counted elements (those in ``mask`` too, when given)."""
-        chosen = self.counted if mask is None else self.counted & mask
-        return Measurements(self.numeric[chosen], self.analytic[chosen], self.noise[chosen])
+        return Measurements.from_norms(self.element_norms(mask))
+
+    @property
+    def verdict_measurements(self) -> list[Measurements]:
+        """What the verdict is computed from: stored once frozen."""
+        stored = self.__dict__.get("_parts")
+        return stored if stored is not None else self.measurements()
 
     def measurements(self) -> list[Measurements]:
         """The measurements the verdict is on: the counted elements; in fast mode the
@@ -325,6 +366,8 @@ class TensorCheck:
 
     def full_array(self, values: np.ndarray) -> np.ndarray:
         """``values`` (over checked elements) spread into the tensor's shape, NaN elsewhere."""
+        if self.checked_indices is None and np.size(values) == self.size:
+            return np.array(values, dtype=float).reshape(self.shape)
         out = np.full(self.size, np.nan)
         out[self.indices] = values
         return out.reshape(self.shape)
@@ -500,17 +543,13 @@ class CheckResult:
 
 def conclude(tensors: tuple[TensorCheck, ...], complete: bool) -> ResultOutcome:
     """The whole check's conclusions from its frozen tensors."""
-    parts = [part for t in tensors for part in t.measurements()]
-    numeric, analytic, noise = (
-        np.concatenate([getattr(part, name) for part in parts] or [np.empty(0)])
-        for name in ("numeric", "analytic", "noise")
-    )
+    norms = Norms.total(part.norms for t in tensors for part in t.verdict_measurements)
     failing = tuple(t.name for t in tensors if not t.passed)
     found = {t.name: t.diagnosis for t in tensors}
     diagnoses = {name: d for name, d in found.items() if d.kind != "ok"}
     return ResultOutcome(
-        difference=relative_difference(numeric, analytic) if numeric.size else math.nan,
-        floor=relative_floor(numeric, analytic, noise),
+        difference=norms.relative_difference,
+        floor=norms.relative_floor,
         verdict=worst_verdict(t.verdict for t in tensors),
         failing=failing,
         passed=complete and not failing,

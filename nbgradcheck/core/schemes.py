@@ -115,8 +115,12 @@ class Scheme:
         with np.errstate(invalid="ignore", divide="ignore"):
             high = loss_plus if self.plus else np.full_like(loss_minus, j0)
             low = loss_minus if self.minus else np.full_like(loss_plus, j0)
-            width = (up if self.plus else 0.0) + (down if self.minus else 0.0)
+            width = self.width(up, down, steps)
             return (high - low) / width, width, loss_plus
+
+    def width(self, up: np.ndarray, down: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """The step taken between the two points: ``up`` and/or ``down`` as rounded."""
+        return (up if self.plus else 0.0) + (down if self.minus else 0.0)
 
     def noise(
         self,
@@ -152,6 +156,9 @@ class ComplexStep(Scheme):
 
     def unresolved(self, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
         return np.array([], dtype=np.int64)
+
+    def width(self, up: np.ndarray, down: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        return np.asarray(steps, dtype=np.float64)
 
     def estimate(
         self,

@@ -1,11 +1,11 @@
 """A gradient check result as JSON, and back: the one place of the file format.
 
-Schema ``"nbgradcheck.result"``, version 1. Stable: later versions of nbgradcheck may add
+Schema ``"nbgradcheck.result"``, version 2. Stable: later versions of nbgradcheck may add
 fields (readers ignore fields they do not know); none is renamed or removed without
 raising ``schema_version``::
 
     {
-      "schema": "nbgradcheck.result", "schema_version": 1, "nbgradcheck_version": "0.1.0",
+      "schema": "nbgradcheck.result", "schema_version": 2, "nbgradcheck_version": "0.1.0",
       "passed": false, "verdict": "wrong", "difference": 0.101, "floor": 3.1e-08,
       "method": "central", "eps": 1e-06,          # or "auto"
       "mode": "full", "tol": 1e-05, "complete": true,
@@ -22,7 +22,7 @@ raising ``schema_version``::
          "elements": {                     # one entry per checked element; absent when
            "flat_index": [0, 1, ...],      # exported with elements=False
            "value": [...], "analytic": [...], "numeric": [...], "step": [...],
-           "loss_plus": [...], "loss_minus": [...], "noise": [...], "kink": [false, ...]},
+           "noise": [...], "kink": [false, ...]},
          "directional": {                  # fast mode only: the whole-tensor tests
            "status": "passed", "group_tests": 0, "evaluations": 32, "sampled": [...],
            "tests": {"size": [...], "numeric": [...], "analytic": [...], "original": [...],
@@ -36,7 +36,9 @@ NaN and ±inf are written as ``null`` (so the output is strict JSON), tuples as 
 summary fields are the result's own; a result rebuilt by :func:`from_dict` recomputes
 them from the measurements (the elements, and in fast mode the directional tests). Files
 written by nbgradcheck 0.1.0 between the move to ``core/`` and this module carry the
-schema name ``"nbgradcheck.core.result"``: the same format, read as well.
+schema name ``"nbgradcheck.core.result"``: the same format, read as well. Version 1 also
+listed each element's ``loss_plus`` and ``loss_minus`` (J at θ±ε); version 2 dropped them
+(a result no longer keeps two loss values per element), and reads version 1 files.
 
 :func:`from_dict` validates its input against this format: a missing key, a wrong type,
 a list of the wrong length, an index outside the shape raises :class:`ResultFormatError`
@@ -60,15 +62,14 @@ from nbgradcheck.errors import GradCheckError
 
 SCHEMA = "nbgradcheck.result"
 READABLE_SCHEMAS = (SCHEMA, "nbgradcheck.core.result")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # Per-element JSON keys and the TensorCheck arrays they hold.
 ELEMENT_FIELDS = {
     "value": "values",
     "analytic": "analytic",
     "numeric": "numeric",
     "step": "step",
-    "loss_plus": "loss_plus",
-    "loss_minus": "loss_minus",
     "noise": "noise",
 }
 # Columns of a directional test record: name -> kind ("number", "int", "bool").
@@ -236,10 +237,10 @@ def validate_schema(data: Any) -> None:
     if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
         raise ResultFormatError(f"not an nbgradcheck result: expected 'schema': {SCHEMA!r}")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ResultFormatError(
             f"result schema version {version!r} is not supported by this nbgradcheck "
-            f"(it reads version {SCHEMA_VERSION})"
+            f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     tensors = data.get("tensors")
     if isinstance(tensors, list):
@@ -286,13 +287,14 @@ def tensor_from_dict(entry: Any, path: str, tol: float, mode: str) -> TensorChec
         name=text(entry, "name", path),
         shape=shape,
         dtype=float_dtype(need(entry, "dtype", path), f"{path}.dtype"),
-        indices=indices,
+        checked_indices=indices,
         kink=kink,
         analytic_full=None,
         tol=number(entry, "tol", path, positive=True, default=tol),
         refined=integer(entry, "refined", path, default=0),
         directional=directional_from_dict(entry.get("directional"), f"{path}.directional", size),
         repeatable=repeatable,
+        steps=arrays.pop("step"),
         **arrays,
     )
 

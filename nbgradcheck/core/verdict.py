@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -226,34 +225,104 @@ def directional_excess(
 # -- judging a tensor ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class Measurements:
-    """Measurements judged together (one tensor's elements, or its directional tests):
-    numeric and analytic values, the round-off floor of each, and the floor rule."""
+@dataclass(frozen=True)
+class Norms:
+    """What the verdict rules need of a set of measurements: their count, the sums of
+    squares of numeric, analytic, their difference and the noise, and whether every value
+    is zero within round-off. Sums add up, so a million elements are summarised block by
+    block (:meth:`of_blocks`) without copying them."""
 
-    numeric: np.ndarray
-    analytic: np.ndarray
-    noise: np.ndarray
-    rule: FloorRule = ELEMENT_FLOOR
+    size: int = 0
+    numeric: float = 0.0  # Σ numeric²
+    analytic: float = 0.0  # Σ analytic²
+    difference: float = 0.0  # Σ (numeric − analytic)²
+    noise: float = 0.0  # Σ noise²
+    zero: bool = True  # every |numeric| and |analytic| within ZERO_LEVEL·noise
+
+    @classmethod
+    def of(cls, numeric: np.ndarray, analytic: np.ndarray, noise: np.ndarray) -> Norms:
+        numeric, analytic = np.asarray(numeric, dtype=float), np.asarray(analytic, dtype=float)
+        noise = np.asarray(noise, dtype=float)
+        difference = numeric - analytic
+        level = ZERO_LEVEL * noise
+        return cls(
+            int(numeric.size),
+            float(numeric @ numeric),
+            float(analytic @ analytic),
+            float(difference @ difference),
+            float(noise @ noise),
+            bool(np.all(np.abs(numeric) <= level) and np.all(np.abs(analytic) <= level)),
+        )
+
+    def __add__(self, other: Norms) -> Norms:
+        return Norms(
+            self.size + other.size,
+            self.numeric + other.numeric,
+            self.analytic + other.analytic,
+            self.difference + other.difference,
+            self.noise + other.noise,
+            self.zero and other.zero,
+        )
+
+    @classmethod
+    def total(cls, parts: Iterable[Norms]) -> Norms:
+        return sum(parts, cls())
+
+    @property
+    def scale(self) -> float:
+        """‖numeric‖ + ‖analytic‖."""
+        return math.sqrt(self.numeric) + math.sqrt(self.analytic)
+
+    @property
+    def relative_difference(self) -> float:
+        """‖n − a‖ / (‖n‖ + ‖a‖): 0 when both are zero, NaN when nothing was measured."""
+        if not self.size:
+            return float("nan")
+        scale = self.scale
+        return math.sqrt(self.difference) / scale if scale != 0 else 0.0
+
+    @property
+    def relative_floor(self) -> float:
+        """‖noise‖ / (‖n‖ + ‖a‖): what round-off alone could produce."""
+        scale = self.scale
+        return math.sqrt(self.noise) / scale if self.size and scale > 0 else 0.0
+
+
+class Measurements:
+    """Measurements judged together (one tensor's elements, or its directional tests),
+    summarised as :class:`Norms`, with the floor rule that applies to them."""
+
+    def __init__(
+        self,
+        numeric: np.ndarray,
+        analytic: np.ndarray,
+        noise: np.ndarray,
+        rule: FloorRule = ELEMENT_FLOOR,
+    ) -> None:
+        self.norms, self.rule = Norms.of(numeric, analytic, noise), rule
+
+    @classmethod
+    def from_norms(cls, norms: Norms, rule: FloorRule = ELEMENT_FLOOR) -> Measurements:
+        made = cls.__new__(cls)
+        made.norms, made.rule = norms, rule
+        return made
 
     @property
     def size(self) -> int:
-        return int(np.size(self.numeric))
+        return self.norms.size
 
-    @cached_property
+    @property
     def difference(self) -> float:
         """Relative difference; NaN when nothing was measured."""
-        if not self.size:
-            return float("nan")
-        return relative_difference(self.numeric, self.analytic)
+        return self.norms.relative_difference
 
-    @cached_property
+    @property
     def floor(self) -> float:
-        return relative_floor(self.numeric, self.analytic, self.noise) if self.size else 0.0
+        return self.norms.relative_floor
 
-    @cached_property
+    @property
     def zero(self) -> bool:
-        return both_zero(self.numeric, self.analytic, self.noise)
+        return self.size > 0 and self.norms.zero
 
     def passes(self, tol: float) -> bool:
         return within_tolerance(self.difference, self.floor, tol, self.rule)

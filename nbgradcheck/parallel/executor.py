@@ -49,7 +49,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
-import dataclasses
 import inspect
 import math
 import multiprocessing
@@ -393,10 +392,10 @@ class ChunkTask:
 
     @property
     def size(self) -> int:
-        return int(self.plan.indices.size)
+        return self.plan.count
 
     def outputs(self) -> Outputs:
-        return Outputs.for_plan(self.plan, self.scheme)
+        return Outputs.for_plan(self.scheme)
 
     def run(self, copy: WorkerCopy, outputs: Outputs) -> None:
         copy.run_plan(self, outputs)
@@ -500,7 +499,7 @@ class ExecutorEvaluator:
     def prefetch(self, plans: list[TensorPlan], scheme: Scheme, chunk: int) -> None:
         """The plans the check will ask for, in order: the first request submits all of
         their chunks, so that no worker waits between tensors."""
-        total = sum(plan.indices.size for plan in plans)
+        total = sum(plan.count for plan in plans)
         self.chunk_elements = elements_per_chunk(
             total, self.seconds_per_element(scheme), self.workers, self.slice_unit(chunk)
         )
@@ -538,21 +537,21 @@ class ExecutorEvaluator:
     def submit_plan(self, plan: TensorPlan, scheme: Scheme, chunk: int) -> list[Job]:
         seconds = self.seconds_per_element(scheme)
         size = self.chunk_elements or elements_per_chunk(
-            plan.indices.size, seconds, self.workers, self.slice_unit(chunk)
+            plan.count, seconds, self.workers, self.slice_unit(chunk)
         )
         batched = self.setup.params.can_batch
         return [
             self.submit_task(
                 ChunkTask(
                     self.connection.token,
-                    plan_slice(plan, start, size),
+                    plan.slice(start, start + size),
                     scheme,
                     self.seed,
                     batched,
                     chunk,
                 )
             )
-            for start in range(0, plan.indices.size, size)
+            for start in range(0, plan.count, size)
         ]
 
     def group_losses(self, position: int, groups: list[GroupPoints], scheme: Scheme) -> list[float]:
@@ -700,18 +699,6 @@ def elements_per_chunk(
     balanced = total / (CHUNKS_PER_WORKER * max(workers, 1)) * seconds
     chunk_seconds = min(max(balanced, MIN_CHUNK_SECONDS), MAX_CHUNK_SECONDS)
     return max(1, math.ceil(chunk_seconds / seconds / tick_chunk)) * tick_chunk
-
-
-def plan_slice(plan: TensorPlan, start: int, size: int) -> TensorPlan:
-    part = slice(start, start + size)
-    return dataclasses.replace(
-        plan,
-        indices=plan.indices[part],
-        values=plan.values[part],
-        plus=plan.plus[part],
-        minus=plan.minus[part],
-        steps=plan.steps[part],
-    )
 
 
 # -- the workers ----------------------------------------------------------------------------
