@@ -54,7 +54,7 @@ def synthetic_result(shape: tuple[int, int] = SHAPE) -> GradCheckResult:
         analytic=analytic,
         numeric=numeric,
         steps=zeros + 1e-6,
-        noise=zeros + 1e-14,
+        round_off=zeros + 1e-14,
         kink=np.zeros(size, dtype=bool),
         analytic_full=analytic.reshape(shape),
         tol=1e-5,

@@ -275,7 +275,7 @@ def test_outputs_hand_on_each_element_once_when_its_sides_are_recorded(sides):
         if not sides[side]:
             continue
         source = (plus, minus)[side]
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             outputs.extend(side, source[a:b])
     measured = sum(len(p) for _, p, _ in runs)
     expected = min(count for count, used in zip((9, 8), sides) if used)

@@ -37,7 +37,7 @@ def synthetic_tensor(name, shape, *, wrong=(), kinks=(), checked=None, factor=0.
         analytic=analytic,
         numeric=numeric,
         steps=zeros + 1e-6,
-        noise=zeros + 1e-14,
+        round_off=zeros + 1e-14,
         kink=kink,
         analytic_full=np.zeros(shape),
         tol=1e-5,

@@ -31,7 +31,7 @@ from nbgradcheck.core.evaluate import (
 from nbgradcheck.core.plan import TensorPlan, blocks, rounded_sides, sub_plan
 from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
 from nbgradcheck.core.result import TensorCheck
-from nbgradcheck.core.schemes import Scheme
+from nbgradcheck.core.schemes import RoundOff, Scheme
 from nbgradcheck.core.verdict import kink_crossings
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
 
@@ -313,7 +313,7 @@ def measuring(
         analytic,
         np.full(count, np.nan),
         plan if plan.indices is None else plan.steps_taken(),
-        np.full(count, np.nan),
+        RoundOff(scheme, setup.unit_roundoff, setup.loss_value),
         np.zeros(count, dtype=bool),
         analytic_full,
         tol,
@@ -326,8 +326,8 @@ def measuring(
         values = plan.values64(part)
         up, down = rounded_sides(*plan.points(part), values)
         numeric, step, high = scheme.estimate(j0, loss_plus, loss_minus, up, down, plan.steps(part))
-        noise = scheme.noise(roundoff, j0, high, loss_minus, step)
-        tensor.numeric[part], tensor.noise[part] = numeric, noise
+        noise = scheme.noise(roundoff, j0, numeric, step)
+        tensor.numeric[part] = numeric
         if scheme.sees_kinks:
             tensor.kink[part] = kink_crossings(
                 numeric, analytic[part], j0, high, loss_minus, up, down, noise, tol

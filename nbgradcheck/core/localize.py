@@ -469,6 +469,7 @@ def merged_checks(parts: list[TensorCheck], template: TensorCheck) -> TensorChec
         for name in ELEMENT_ARRAYS
     }
     template.checked_indices, template.steps = joined.pop("indices"), joined.pop("step")
+    template.round_off = joined.pop("noise")
     for name, array in joined.items():
         setattr(template, name, array)
     return template

@@ -74,6 +74,12 @@ class StepSource(Protocol):
     def subset(self, positions: np.ndarray, divisor: float = 1.0) -> Any: ...
 
 
+class RoundOffRule(Protocol):
+    """The round-off floor of estimates from their values and steps (schemes.RoundOff)."""
+
+    def __call__(self, numeric: np.ndarray, width: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class TensorOutcome:
     """What a tensor's check concluded, computed once at freeze."""
@@ -94,8 +100,8 @@ class TensorCheck:
     the diagnosis are stored values and the arrays are read-only. Errors per element
     (``abs_error``, ``rel_error``, ``element_failing``) are derived from the stored
     numbers when asked, and a full check keeps no index array and no step array: a
-    million-element result holds its values, analytic and numeric gradients, noise
-    floors and kink flags, nothing else.
+    million-element result holds its values, analytic and numeric gradients and kink
+    flags, nothing else: steps come from the plan, round-off floors from the scheme's rule.
     """
 
     name: str
@@ -106,7 +112,7 @@ class TensorCheck:
     analytic: np.ndarray  # the model's gradient at those elements
     numeric: np.ndarray  # finite-difference estimate; NaN where not evaluated (interrupted)
     steps: np.ndarray | StepSource  # step between the two points, or the plan to compute it
-    noise: np.ndarray  # round-off floor of each numeric estimate
+    round_off: np.ndarray | RoundOffRule  # each estimate's floor, or the rule giving it
     kink: np.ndarray  # True where a slope jump explains the discrepancy
     # the whole analytic gradient (None when unknown: a result loaded from JSON)
     analytic_full: np.ndarray | None
@@ -135,9 +141,9 @@ class TensorCheck:
         arrays read-only. Called when the check ends; later calls do nothing."""
         if self.frozen:
             return self
-        for name in ("values", "analytic", "numeric", "noise", "kink"):
+        for name in ("values", "analytic", "numeric", "kink"):
             super().__setattr__(name, read_only(getattr(self, name)))
-        for name in ("checked_indices", "steps", "analytic_full"):
+        for name in ("checked_indices", "steps", "round_off", "analytic_full"):
             if isinstance(getattr(self, name), np.ndarray):
                 super().__setattr__(name, read_only(getattr(self, name)))
         stored = self.__dict__  # set directly: __setattr__ refuses once "_outcome" is in
@@ -201,6 +207,21 @@ class TensorCheck:
             return self.steps[positions]
         return self.steps.subset(positions).steps_taken()
 
+    def step_in(self, part: slice) -> np.ndarray:
+        if isinstance(self.steps, np.ndarray):
+            return self.steps[part]
+        return self.steps.steps_taken(part)
+
+    @property
+    def noise(self) -> np.ndarray:
+        """The round-off floor of each numeric estimate."""
+        return self.noise_in(slice(None))
+
+    def noise_in(self, part: slice) -> np.ndarray:
+        if isinstance(self.round_off, np.ndarray):
+            return self.round_off[part]
+        return self.round_off(self.numeric[part], self.step_in(part))
+
     @property
     def evaluated(self) -> np.ndarray:
         """Elements whose numeric value is known (not NaN)."""
@@ -230,7 +251,7 @@ class TensorCheck:
 
     def failing_in(self, part: slice) -> np.ndarray:
         n, a = self.numeric[part], self.analytic[part]
-        return ~np.isnan(n) & element_failing(n, a, self.noise[part], self.tol)
+        return ~np.isnan(n) & element_failing(n, a, self.noise_in(part), self.tol)
 
     def adopt(self, positions: np.ndarray, other: TensorCheck, take: np.ndarray) -> None:
         """Replace the measurements at ``positions[take]`` with ``other``'s (a re-estimate)."""
@@ -238,8 +259,10 @@ class TensorCheck:
             return
         if not isinstance(self.steps, np.ndarray):
             self.steps = self.step.copy()
-        for name in ("numeric", "steps", "noise", "kink"):
-            getattr(self, name)[positions[take]] = np.asarray(getattr(other, name))[take]
+        for name, source in (("numeric", "numeric"), ("steps", "step"), ("kink", "kink")):
+            getattr(self, name)[positions[take]] = np.asarray(getattr(other, source))[take]
+        if isinstance(self.round_off, np.ndarray):
+            self.round_off[positions[take]] = other.noise[take]
         self.refined += int(np.count_nonzero(take))
 
     # -- what enters the verdict ---------------------------------------------------------
@@ -256,7 +279,7 @@ class TensorCheck:
             if mask is not None:
                 chosen &= mask[part]
             n, a = self.numeric[part][chosen], self.analytic[part][chosen]
-            parts.append(Norms.of(n, a, self.noise[part][chosen]))
+            parts.append(Norms.of(n, a, self.noise_in(part)[chosen]))
         return Norms.total(parts)
 
     def element_measurements(self, mask: np.ndarray | None = None) -> Measurements:

@@ -123,18 +123,33 @@ class Scheme:
         return (up if self.plus else 0.0) + (down if self.minus else 0.0)
 
     def noise(
-        self,
-        unit_roundoff: float,
-        j0: float,
-        loss_plus: np.ndarray,
-        loss_minus: np.ndarray,
-        width: np.ndarray,
+        self, unit_roundoff: float, j0: float, numeric: np.ndarray, width: np.ndarray
     ) -> np.ndarray:
-        """How far round-off in J alone can move each numeric estimate."""
-        high = np.abs(loss_plus) if self.plus else abs(j0)
-        low = np.abs(loss_minus) if self.minus else abs(j0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return NOISE_FACTOR * unit_roundoff * (high + low) / width
+        """How far round-off in J alone can move each numeric estimate: NOISE_FACTOR unit
+        round-offs of |J| at the two points, over the step.
+
+        |J₁| + |J₂| = max(|J₁ + J₂|, |J₁ − J₂|) is recovered from J(θ) and the estimate:
+        J₁ − J₂ = width·numeric, and J₁ + J₂ is 2J(θ) ± width·numeric for a one-sided
+        scheme (one point is θ itself), 2J(θ) up to the curvature term ε²J'' for the
+        central one. So the floor is a function of numbers the result keeps.
+        """
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            change = width * numeric
+            towards = int(self.plus) - int(self.minus)  # J₁ + J₂ = 2J(θ) + towards·change
+            total = np.maximum(np.abs(2 * j0 + towards * change), np.abs(change))
+            return NOISE_FACTOR * unit_roundoff * total / width
+
+
+@dataclass(frozen=True)
+class RoundOff:
+    """A check's round-off floors as a function of its estimates and steps."""
+
+    scheme: Scheme
+    unit_roundoff: float
+    j0: float
+
+    def __call__(self, numeric: np.ndarray, width: np.ndarray) -> np.ndarray:
+        return self.scheme.noise(self.unit_roundoff, self.j0, numeric, width)
 
 
 @dataclass(frozen=True)
@@ -175,14 +190,9 @@ class ComplexStep(Scheme):
         return numeric, steps, np.where(missing, np.nan, loss_plus.real)
 
     def noise(
-        self,
-        unit_roundoff: float,
-        j0: float,
-        loss_plus: np.ndarray,
-        loss_minus: np.ndarray,
-        width: np.ndarray,
+        self, unit_roundoff: float, j0: float, numeric: np.ndarray, width: np.ndarray
     ) -> np.ndarray:
-        return np.zeros(np.shape(loss_plus))
+        return np.zeros(np.shape(numeric))
 
 
 CENTRAL = Scheme("central", order=2, plus=True, minus=True)

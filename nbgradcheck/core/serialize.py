@@ -295,6 +295,7 @@ def tensor_from_dict(entry: Any, path: str, tol: float, mode: str) -> TensorChec
         directional=directional_from_dict(entry.get("directional"), f"{path}.directional", size),
         repeatable=repeatable,
         steps=arrays.pop("step"),
+        round_off=arrays.pop("noise"),
         **arrays,
     )
 
