@@ -185,6 +185,8 @@ class Evidence:
     def of_elements(cls, tensor: Any) -> Evidence:
         """The counted elements (evaluated, not at a kink)."""
         mask = tensor.counted
+        if mask.all():  # the tensor's own arrays, not copies of them
+            mask = slice(None)
         return cls(
             tensor.indices[mask],
             tensor.numeric[mask],
