@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import re
@@ -184,6 +185,20 @@ def test_summary_only_json_cannot_be_loaded_as_a_result(buggy_result):
     assert "elements" not in data["tensors"][0]
     with pytest.raises(ValueError, match="saved without elements"):
         GradCheckResult.from_dict(data)
+
+
+def test_a_version_1_file_with_per_element_losses_is_still_read(buggy_result):
+    """Schema 1 listed J(θ±ε) per element; schema 2 dropped them. Old files load, and the
+    result rebuilt from them is the one rebuilt from the new format."""
+    data = json.loads(buggy_result.to_json())
+    old = copy.deepcopy(data)
+    old["schema_version"] = 1
+    for tensor in old["tensors"]:
+        count = len(tensor["elements"]["numeric"])
+        tensor["elements"]["loss_plus"] = [0.5] * count
+        tensor["elements"]["loss_minus"] = [0.25] * count
+    assert "loss_plus" not in data["tensors"][0]["elements"]
+    assert GradCheckResult.from_dict(old).to_dict() == GradCheckResult.from_dict(data).to_dict()
 
 
 def test_unknown_schema_or_version_is_refused(buggy_result):
