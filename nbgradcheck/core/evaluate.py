@@ -306,7 +306,7 @@ class InProcessEvaluator:
     ) -> None:
         try:
             if not scheme.real_steps:
-                self.complex_losses(plan, outputs, tick, chunk)
+                self.complex_losses(plan, scheme, outputs, tick, chunk)
             elif self.batch and self.adapter.can_batch:
                 self.batched_losses(plan, scheme, outputs, tick, max(chunk, BATCH_ELEMENTS))
             else:
@@ -335,7 +335,9 @@ class InProcessEvaluator:
                 outputs.extend(side, losses[k * indices.size : (k + 1) * indices.size])
             tick(indices.size)
 
-    def complex_losses(self, plan: TensorPlan, outputs: Outputs, tick: Tick, chunk: int) -> None:
+    def complex_losses(
+        self, plan: TensorPlan, scheme: Scheme, outputs: Outputs, tick: Tick, chunk: int
+    ) -> None:
         """J(θ+iε): the loss gets the structure with this tensor as a complex copy."""
         if not self.pass_argument:
             raise GradCheckError(
@@ -351,7 +353,7 @@ class InProcessEvaluator:
             element_setter(complex_copy),
             complex_only(evaluate),
             plan,
-            COMPLEX_SIDE,
+            scheme,
             outputs,
             tick,
             chunk,
@@ -404,21 +406,11 @@ def complex_only(evaluate: Evaluate) -> Evaluate:
     return checked
 
 
-class Sides:
-    """Which points the loops evaluate (a scheme, or the complex step's θ+iε alone)."""
-
-    def __init__(self, plus: bool, minus: bool) -> None:
-        self.plus, self.minus = plus, minus
-
-
-COMPLEX_SIDE = Sides(True, False)
-
-
 def evaluate_elements(
     set_element: Callable,
     evaluate: Evaluate,
     plan: TensorPlan,
-    scheme: Scheme | Sides,
+    scheme: Scheme,
     outputs: Outputs,
     tick: Tick,
     chunk: int,

@@ -5,7 +5,8 @@ One place for each rule, used by every mode (full, sample, fast):
 - the verdict scale: a relative difference ≤1e-7 is 'correct', ≤1e-5 'ok', ≤1e-3
   'suspicious', else 'wrong' (:data:`VERDICT_THRESHOLDS`, :func:`verdict_for`);
 - :func:`relative_difference` ‖n − a‖ / (‖n‖ + ‖a‖) and the round-off floor
-  ‖noise‖ / (‖n‖ + ‖a‖) of a set of measurements;
+  ‖noise‖ / (‖n‖ + ‖a‖) of a set of measurements, from sums of squares (:class:`Norms`,
+  which add up block by block);
 - floor rules (:class:`FloorRule`): a discrepancy within the round-off floor cannot be told
   from noise and passes, up to a cap (a floor above it means the check cannot resolve
   bugs at all; it is not used to excuse them);
@@ -66,12 +67,6 @@ def relative_difference(numeric: np.ndarray, analytic: np.ndarray) -> float:
     return float(np.linalg.norm(numeric - analytic) / denominator)
 
 
-def relative_floor(numeric: np.ndarray, analytic: np.ndarray, noise: np.ndarray) -> float:
-    """The relative difference round-off alone could produce: ‖noise‖ / (‖n‖ + ‖a‖)."""
-    scale = np.linalg.norm(numeric) + np.linalg.norm(analytic)
-    return float(np.linalg.norm(noise) / scale) if scale > 0 else 0.0
-
-
 def verdict_for(difference: float, excuse: float = 0.0) -> str:
     """The verdict scale: 'correct' ≤1e-7, 'ok' ≤1e-5, 'suspicious' ≤1e-3, else 'wrong';
     'empty' for NaN. A difference within ``excuse`` (a floor rule's excuse) is at most
@@ -125,18 +120,6 @@ DIRECTIONAL_FLOOR = FloorRule(FLOOR_SLACK, MAX_DIRECTIONAL_FLOOR_EXCUSE)
 def within_tolerance(difference: float, floor: float, tol: float, rule: FloorRule) -> bool:
     """The pass rule: NaN (nothing measured), or within tol or the rule's floor excuse."""
     return bool(math.isnan(difference) or difference <= max(tol, rule.excuse(floor)))
-
-
-def both_zero(numeric: np.ndarray, analytic: np.ndarray, noise: np.ndarray) -> bool:
-    """The zero rule: every numeric and analytic value within one round-off of zero (a
-    true zero gradient: numeric 0 against analytic 1e-18 is no bug however large their
-    ratio). ``noise`` holds a pessimistic bound; ZERO_LEVEL of it is one round-off."""
-    level = ZERO_LEVEL * np.asarray(noise, dtype=float)
-    return bool(
-        np.size(numeric) > 0
-        and np.all(np.abs(numeric) <= level)
-        and np.all(np.abs(analytic) <= level)
-    )
 
 
 def allowed_discrepancy(scale: np.ndarray | float, noise: np.ndarray | float, tol: float):
