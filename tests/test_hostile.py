@@ -652,3 +652,56 @@ def test_nan_returned_for_a_complex_step_is_reported_as_nan():
     with pytest.raises(NonFiniteLossError, match="nan"):
         ng.check(loss, params, float64_gradients(params), method="complex", mode="full")
     assert loss.acted
+
+
+def mutates_its_complex_copy(params: Any) -> Any:
+    """Σθ², and changes W when it is the complex copy method='complex' passes."""
+    if np.iscomplexobj(params["W"]):
+        params["W"][0, 0] += 1e-3
+    return sum_of_squares(params)
+
+
+def test_a_loss_changing_the_complex_copy_it_is_given_is_an_error():
+    params = quadratic_params()
+    before = state(params)
+    with pytest.raises(ParametersModifiedError, match=r"changed W \(the complex copy"):
+        ng.check(mutates_its_complex_copy, params, float64_gradients(params), method="complex")
+    assert state(params) == before
+
+
+CALLER = os.getpid()
+
+
+def mutates_in_workers(params: Any) -> Any:
+    """Σθ², and changes b's first element whenever it runs in another process."""
+    if os.getpid() != CALLER:
+        params["b"][0] += 1e-3
+    return sum_of_squares(params)
+
+
+def test_a_loss_changing_a_workers_copy_is_the_same_error_as_in_process():
+    params = quadratic_params()
+    before = state(params)
+    with pytest.raises(ParametersModifiedError, match="the loss changed b in place"):
+        ng.check(mutates_in_workers, params, float64_gradients(params), mode="full", n_jobs=2)
+    assert state(params) == before
+    # the same loss run here: the same error
+    with pytest.raises(ParametersModifiedError, match="the loss changed b in place"):
+        ng.check(
+            lambda p: (p["b"].__setitem__(0, p["b"][0] + 1e-3), sum_of_squares(p))[1],
+            params,
+            float64_gradients(params),
+            mode="full",
+        )
+    assert state(params) == before
+
+
+@pytest.mark.parametrize("method", ["central", "forward", "backward"])
+@pytest.mark.parametrize("theta", [5.47846749e-31, 1e-200, 0.0])
+def test_a_zero_gradient_at_a_tiny_loss_passes_with_every_method(method, theta):
+    """J = θ² near θ = 0: J(θ) underflows against J(θ±ε) ≈ ε², the numeric estimate is
+    all truncation (or extrapolated to 0); the round-off floors of the losses actually
+    measured, not of J(θ) alone, say it is zero within round-off (found by hypothesis)."""
+    params = {"W0": np.array(theta)}
+    result = ng.check(sum_of_squares, params, float64_gradients(params), method=method)
+    assert result.passed and result.verdict in ("ok", "correct"), result.summary()

@@ -23,6 +23,7 @@ from nbgradcheck.core.evaluate import (
     Evaluator,
     InProcessEvaluator,
     Outputs,
+    Tick,
     loss_dtype,
     loss_scalar,
     make_evaluator,
@@ -31,7 +32,7 @@ from nbgradcheck.core.evaluate import (
 from nbgradcheck.core.plan import TensorPlan, blocks, rounded_sides, sub_plan
 from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
 from nbgradcheck.core.result import TensorCheck
-from nbgradcheck.core.schemes import RoundOff, Scheme
+from nbgradcheck.core.schemes import NOISE_BLOCK, RoundOff, Scheme
 from nbgradcheck.core.verdict import kink_crossings
 from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError, RandomLossError
 
@@ -194,7 +195,7 @@ def check_plans(
             tensor, outputs = measuring(plan, setup, scheme, tol)
             try:
                 if complete:
-                    setup.evaluator.element_losses(plan, scheme, outputs, bar.advance, chunk)
+                    evaluate_plan(setup, plan, scheme, outputs, bar.advance, chunk)
             except KeyboardInterrupt:
                 complete = False
             evaluations += outputs.evaluations
@@ -270,7 +271,7 @@ def re_estimate(
     except GradCheckError:  # the smaller step rounds away in this dtype
         return 0, 0
     refined, outputs = measuring(sub, setup, scheme, tol)
-    setup.evaluator.element_losses(sub, scheme, outputs, ignore_tick, chunk)
+    evaluate_plan(setup, sub, scheme, outputs, ignore_tick, chunk)
     agreeing = ~refined.element_failing
     if not agreeing.all():
         extrapolate(refined, tensor.numeric[positions], tensor.step_at(positions), scheme.order)
@@ -289,6 +290,7 @@ def extrapolate(
         gain = (np.abs(coarse_step) / np.abs(refined.step)) ** order
         extrapolated = (gain * refined.numeric - coarse) / (gain - 1)
     usable = failing & np.isfinite(extrapolated) & (gain > 1)
+    refined.round_off = refined.noise  # the floors of the losses measured, kept as they are
     refined.numeric[usable] = extrapolated[usable]
 
 
@@ -302,6 +304,7 @@ def measuring(
     measures it as the losses arrive: numeric gradient, round-off floor and kinks, run by
     run of elements, so a million-element tensor never holds its losses at once."""
     count = plan.count
+    round_off = RoundOff.for_elements(scheme, setup.unit_roundoff, setup.loss_value, count)
     analytic_full = setup.analytic[plan.position]
     analytic = gathered(analytic_full.reshape(-1), plan)
     tensor = TensorCheck(
@@ -313,12 +316,12 @@ def measuring(
         analytic,
         np.full(count, np.nan),
         plan if plan.indices is None else plan.steps_taken(),
-        RoundOff(scheme, setup.unit_roundoff, setup.loss_value),
+        round_off,
         np.zeros(count, dtype=bool),
         analytic_full,
         tol,
     )
-    j0, roundoff = setup.loss_value, setup.unit_roundoff
+    j0 = setup.loss_value
 
     def measure(first: int, loss_plus: np.ndarray, loss_minus: np.ndarray) -> None:
         part = slice(first, first + loss_plus.size)
@@ -326,14 +329,26 @@ def measuring(
         values = plan.values64(part)
         up, down = rounded_sides(*plan.points(part), values)
         numeric, step, high = scheme.estimate(j0, loss_plus, loss_minus, up, down, plan.steps(part))
-        noise = scheme.noise(roundoff, j0, numeric, step)
+        round_off.record(first, high, loss_minus)
+        noise = round_off(numeric, step, first)
         tensor.numeric[part] = numeric
         if scheme.sees_kinks:
             tensor.kink[part] = kink_crossings(
                 numeric, analytic[part], j0, high, loss_minus, up, down, noise, tol
             )
 
-    return tensor, Outputs.for_plan(scheme, measure)
+    return tensor, Outputs.for_plan(scheme, measure, align=NOISE_BLOCK)
+
+
+def evaluate_plan(
+    setup: CheckSetup, plan: TensorPlan, scheme: Scheme, outputs: Outputs, tick: Tick, chunk: int
+) -> None:
+    """The evaluator's losses for ``plan`` into ``outputs``, every one of them measured,
+    also those recorded before an error or Ctrl-C."""
+    try:
+        setup.evaluator.element_losses(plan, scheme, outputs, tick, chunk)
+    finally:
+        outputs.finish()
 
 
 def gathered(flat: np.ndarray, plan: TensorPlan) -> np.ndarray:

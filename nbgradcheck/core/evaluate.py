@@ -27,7 +27,12 @@ import numpy as np
 
 from nbgradcheck.adapters.base import ParameterAdapter
 from nbgradcheck.adapters.numpy import element_setter, format_index
-from nbgradcheck.errors import GradCheckError, LossError, NonFiniteLossError
+from nbgradcheck.errors import (
+    GradCheckError,
+    LossError,
+    NonFiniteLossError,
+    ParametersModifiedError,
+)
 
 if TYPE_CHECKING:
     from nbgradcheck.core.plan import TensorPlan
@@ -61,26 +66,28 @@ class Outputs:
     ``extend(side, values)`` records the next values of one side; ``filled`` counts them,
     so an interrupted evaluation keeps what it computed. With ``measure``, each run of
     elements whose sides are all recorded is handed on as ``measure(first, J+, J−)`` (J
-    of an unused side is NaN) and forgotten: a million-element tensor never holds its
-    losses at once. Without it the values are kept (``recorded``): a worker's task.
+    of an unused side is NaN), in runs that start and end at multiples of ``align`` until
+    :meth:`finish` hands on the rest, and forgotten: a million-element tensor never holds
+    its losses at once. Without it the values are kept (``recorded``): a worker's task.
     """
 
-    __slots__ = ("dtypes", "filled", "measure", "measured", "pending", "sides")
+    __slots__ = ("align", "dtypes", "filled", "measure", "measured", "pending", "sides")
 
     def __init__(
         self,
         sides: tuple[bool, bool] = (True, True),
         complex_values: bool = False,
         measure: Measure | None = None,
+        align: int = 1,
     ) -> None:
-        self.sides, self.measure = sides, measure
+        self.sides, self.measure, self.align = sides, measure, align
         self.dtypes = (complex if complex_values else float, float)
         self.filled, self.measured = [0, 0], 0
         self.pending: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
 
     @classmethod
-    def for_plan(cls, scheme: Scheme, measure: Measure | None = None) -> Outputs:
-        return cls((scheme.plus, scheme.minus), not scheme.real_steps, measure)
+    def for_plan(cls, scheme: Scheme, measure: Measure | None = None, align: int = 1) -> Outputs:
+        return cls((scheme.plus, scheme.minus), not scheme.real_steps, measure, align)
 
     def extend(self, side: int, values: Any) -> None:
         """Record the next values of one side (0: θ+ε, 1: θ−ε)."""
@@ -92,9 +99,16 @@ class Outputs:
         if self.measure is not None:
             self.hand_on()
 
-    def hand_on(self) -> None:
+    def finish(self) -> None:
+        """Hand on every element recorded on all its sides (the end, or an interruption)."""
+        if self.measure is not None:
+            self.hand_on(aligned=False)
+
+    def hand_on(self, aligned: bool = True) -> None:
         """Measure the elements whose every used side is now recorded."""
         ready = min(self.filled[side] for side in (0, 1) if self.sides[side])
+        if aligned:
+            ready -= ready % self.align
         count = ready - self.measured
         if count <= 0:
             return
@@ -312,7 +326,7 @@ class InProcessEvaluator:
             else:
                 set_element = self.adapter.element_setter(plan.position)
                 evaluate_elements(set_element, self.evaluate, plan, scheme, outputs, tick, chunk)
-        except LossError:
+        except GradCheckError:  # nbgradcheck's own verdict on the loss: no culprit element
             raise
         except Exception as error:
             add_element_note(error, in_flight(plan, scheme, outputs))
@@ -358,6 +372,14 @@ class InProcessEvaluator:
             tick,
             chunk,
         )
+        if not (
+            np.array_equal(complex_copy.real.reshape(-1), flat) and not complex_copy.imag.any()
+        ):
+            raise ParametersModifiedError(
+                f"the loss changed {plan.name} (the complex copy method='complex' passed it) "
+                f"while the check ran: its estimates are unreliable. Make the loss leave the "
+                f"parameters it is given unchanged"
+            )
 
     # -- groups of elements --------------------------------------------------------------
     def group_losses(

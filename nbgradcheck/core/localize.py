@@ -59,6 +59,7 @@ from nbgradcheck.core.engine import (
     REFINE_FACTOR,
     REFINE_LEVELS,
     CheckSetup,
+    evaluate_plan,
     ignore_tick,
     measuring,
     probe_repeatability,
@@ -397,7 +398,7 @@ class TensorSearch:
         tensor, outputs = measuring(plan, self.setup, self.scheme, self.tol)
         interrupted = False
         try:
-            self.setup.evaluator.element_losses(plan, self.scheme, outputs, ignore_tick, self.chunk)
+            evaluate_plan(self.setup, plan, self.scheme, outputs, ignore_tick, self.chunk)
         except KeyboardInterrupt:
             interrupted = True
         self.element_evaluations += outputs.evaluations

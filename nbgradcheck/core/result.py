@@ -77,7 +77,7 @@ class StepSource(Protocol):
 class RoundOffRule(Protocol):
     """The round-off floor of estimates from their values and steps (schemes.RoundOff)."""
 
-    def __call__(self, numeric: np.ndarray, width: np.ndarray) -> np.ndarray: ...
+    def __call__(self, numeric: np.ndarray, width: np.ndarray, first: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,8 @@ class TensorCheck:
     def noise_in(self, part: slice) -> np.ndarray:
         if isinstance(self.round_off, np.ndarray):
             return self.round_off[part]
-        return self.round_off(self.numeric[part], self.step_in(part))
+        first = part.indices(self.numeric.size)[0]
+        return self.round_off(self.numeric[part], self.step_in(part), first)
 
     @property
     def evaluated(self) -> np.ndarray:
@@ -257,12 +258,13 @@ class TensorCheck:
         """Replace the measurements at ``positions[take]`` with ``other``'s (a re-estimate)."""
         if not take.any():
             return
+        if not isinstance(self.round_off, np.ndarray):  # the floors of the estimates so far
+            self.round_off = self.noise.copy()
         if not isinstance(self.steps, np.ndarray):
             self.steps = self.step.copy()
-        for name, source in (("numeric", "numeric"), ("steps", "step"), ("kink", "kink")):
-            getattr(self, name)[positions[take]] = np.asarray(getattr(other, source))[take]
-        if isinstance(self.round_off, np.ndarray):
-            self.round_off[positions[take]] = other.noise[take]
+        changed = positions[take]
+        self.numeric[changed], self.steps[changed] = other.numeric[take], other.step[take]
+        self.kink[changed], self.round_off[changed] = other.kink[take], other.noise[take]
         self.refined += int(np.count_nonzero(take))
 
     # -- what enters the verdict ---------------------------------------------------------

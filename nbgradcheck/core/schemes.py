@@ -123,33 +123,71 @@ class Scheme:
         return (up if self.plus else 0.0) + (down if self.minus else 0.0)
 
     def noise(
-        self, unit_roundoff: float, j0: float, numeric: np.ndarray, width: np.ndarray
+        self,
+        unit_roundoff: float,
+        j0: float,
+        numeric: np.ndarray,
+        width: np.ndarray,
+        spread: np.ndarray | float = 0.0,
     ) -> np.ndarray:
         """How far round-off in J alone can move each numeric estimate: NOISE_FACTOR unit
         round-offs of |J| at the two points, over the step.
 
-        |J₁| + |J₂| = max(|J₁ + J₂|, |J₁ − J₂|) is recovered from J(θ) and the estimate:
-        J₁ − J₂ = width·numeric, and J₁ + J₂ is 2J(θ) ± width·numeric for a one-sided
-        scheme (one point is θ itself), 2J(θ) up to the curvature term ε²J'' for the
-        central one. So the floor is a function of numbers the result keeps.
+        |J₁| + |J₂| = max(|J₁ + J₂|, |J₁ − J₂|) is bounded from J(θ) and the estimate:
+        J₁ − J₂ = width·numeric; J₁ + J₂ is 2J(θ) ± width·numeric for a one-sided scheme
+        (one point is θ itself), and for the central one 2J(θ) plus the curvature term
+        ε²J'', of which ``spread`` (see :meth:`spread`) is an upper bound. So the floor is
+        a function of numbers the result keeps.
         """
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             change = width * numeric
             towards = int(self.plus) - int(self.minus)  # J₁ + J₂ = 2J(θ) + towards·change
-            total = np.maximum(np.abs(2 * j0 + towards * change), np.abs(change))
+            total = np.maximum(np.abs(2 * j0 + towards * change) + spread, np.abs(change))
             return NOISE_FACTOR * unit_roundoff * total / width
 
+    def spread(self, j0: float, loss_plus: np.ndarray, loss_minus: np.ndarray) -> np.ndarray:
+        """|J(θ+ε) + J(θ−ε) − 2J(θ)| of each element where the scheme evaluates both points
+        (what :meth:`noise` cannot recover from the estimate); 0 otherwise."""
+        if not (self.plus and self.minus):
+            return np.zeros(np.shape(loss_plus))
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.abs(loss_plus + loss_minus - 2 * j0)
 
-@dataclass(frozen=True)
+
+# Round-off floors bound the curvature term per block of this many elements.
+NOISE_BLOCK = 256
+
+
+@dataclass(frozen=True, eq=False)
 class RoundOff:
-    """A check's round-off floors as a function of its estimates and steps."""
+    """A tensor's round-off floors as a function of its estimates and steps.
+
+    Keeps one number per NOISE_BLOCK elements: the largest curvature term
+    |J(θ+ε) + J(θ−ε) − 2J(θ)| measured in the block (:meth:`record`, which sees whole
+    blocks: :class:`~nbgradcheck.core.evaluate.Outputs` hands losses on block-aligned).
+    The floor is then an upper bound of the one computed from the two losses themselves,
+    equal to it up to that term.
+    """
 
     scheme: Scheme
     unit_roundoff: float
     j0: float
+    spreads: np.ndarray  # per block of NOISE_BLOCK elements
 
-    def __call__(self, numeric: np.ndarray, width: np.ndarray) -> np.ndarray:
-        return self.scheme.noise(self.unit_roundoff, self.j0, numeric, width)
+    @classmethod
+    def for_elements(cls, scheme: Scheme, unit_roundoff: float, j0: float, count: int) -> RoundOff:
+        return cls(scheme, unit_roundoff, j0, np.zeros(-(-count // NOISE_BLOCK)))
+
+    def record(self, first: int, loss_plus: np.ndarray, loss_minus: np.ndarray) -> None:
+        """Take in the losses of the elements from position ``first`` on."""
+        where = (first + np.arange(np.size(loss_plus))) // NOISE_BLOCK
+        spread = np.nan_to_num(self.scheme.spread(self.j0, loss_plus, loss_minus))
+        np.maximum.at(self.spreads, where, spread)
+
+    def __call__(self, numeric: np.ndarray, width: np.ndarray, first: int) -> np.ndarray:
+        """The floors of the estimates ``numeric`` of the elements from ``first`` on."""
+        spread = self.spreads[(first + np.arange(np.size(numeric))) // NOISE_BLOCK]
+        return self.scheme.noise(self.unit_roundoff, self.j0, numeric, width, spread)
 
 
 @dataclass(frozen=True)
@@ -190,7 +228,12 @@ class ComplexStep(Scheme):
         return numeric, steps, np.where(missing, np.nan, loss_plus.real)
 
     def noise(
-        self, unit_roundoff: float, j0: float, numeric: np.ndarray, width: np.ndarray
+        self,
+        unit_roundoff: float,
+        j0: float,
+        numeric: np.ndarray,
+        width: np.ndarray,
+        spread: np.ndarray | float = 0.0,
     ) -> np.ndarray:
         return np.zeros(np.shape(numeric))
 

@@ -736,6 +736,7 @@ class WorkerCopy:
     loss: Callable[..., Any]
     params: Any  # the engine's parameter set over this copy's arrays
     pass_argument: bool
+    snapshot: Any = None  # the copy as unpickled: a loss changing it is caught per task
 
     def evaluator(self, seed: int | None, batch: bool) -> InProcessEvaluator:
         """The check's own in-process evaluator over this copy (it restores every element
@@ -744,12 +745,24 @@ class WorkerCopy:
 
     def run_plan(self, task: ChunkTask, outputs: Outputs) -> None:
         evaluator = self.evaluator(task.seed, task.batched)
-        evaluator.element_losses(task.plan, task.scheme, outputs, ignore_tick, task.tick_chunk)
+        with self.unmodified():
+            evaluator.element_losses(task.plan, task.scheme, outputs, ignore_tick, task.tick_chunk)
 
     def run_groups(self, task: GroupTask, out: list) -> None:
         """J with each group at its two points in turn, as fast mode's tests evaluate it."""
         evaluator = self.evaluator(task.seed, batch=False)
-        out.extend(evaluator.group_losses(task.position, task.points, task.scheme))
+        with self.unmodified():
+            out.extend(evaluator.group_losses(task.position, task.points, task.scheme))
+
+    @contextlib.contextmanager
+    def unmodified(self) -> Iterator[None]:
+        """After a task: the same check as in the calling process, on this copy (a loss
+        that changes its parameters is an error there too; the copy is put back)."""
+        try:
+            yield
+        finally:
+            if self.snapshot is not None:
+                self.params.ensure_unmodified(self.snapshot, "the loss")
 
 
 def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
@@ -767,7 +780,7 @@ def worker_copy(token: str, payload: bytes | None) -> WorkerCopy | None:
     loss, params = pickle.loads(pickled)
     parameters = parameter_set(params)
     parameters.rng_state()  # the set-up the check brackets itself with (dropout off, ...)
-    copies[token] = WorkerCopy(loss, parameters, takes_argument(loss))
+    copies[token] = WorkerCopy(loss, parameters, takes_argument(loss), parameters.snapshot())
     while len(copies) > CACHED_CHECKS:
         copies.pop(next(iter(copies)))
     return copies[token]
