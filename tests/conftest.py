@@ -46,3 +46,20 @@ def quadratic():
         return {"d" + k: a[k] * p[k] + c[k] for k in p}
 
     return params, loss, grads
+
+
+@pytest.fixture(scope="module")
+def ip():
+    """A real IPython shell with the nbgradcheck extension loaded (one per test module;
+    the names a module defines in it are removed after it, so modules do not see each
+    other's variables)."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython() or get_ipython()
+    before = set(shell.user_ns)
+    shell.run_line_magic("load_ext", "nbgradcheck")
+    yield shell
+    shell.run_line_magic("unload_ext", "nbgradcheck")
+    for name in set(shell.user_ns) - before:
+        del shell.user_ns[name]

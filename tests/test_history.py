@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from IPython import get_ipython
-from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 from training_runs import deep_linear_run, xor_run
 
@@ -305,11 +303,6 @@ def test_auto_mode_outside_a_kernel_is_text():
         LossHistory().live(mode="widget")
     with pytest.raises(ValueError, match="every"):
         LossHistory().live(every=-1)
-
-
-@pytest.fixture(scope="module")
-def ip():
-    return start_ipython() or get_ipython()
 
 
 def test_live_display_updates_one_display_in_a_real_ipython_shell(ip):

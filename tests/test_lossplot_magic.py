@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from IPython import get_ipython
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 from nbgradcheck import LossHistory
@@ -19,14 +17,6 @@ PLATEAU = np.concatenate(
         np.linspace(1.0, 0.05, 30),
     ]
 )
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = start_ipython() or get_ipython()
-    shell.run_line_magic("load_ext", "nbgradcheck")
-    yield shell
-    shell.run_line_magic("unload_ext", "nbgradcheck")
 
 
 def shown(ip, source: str):

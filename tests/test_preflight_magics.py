@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch.nn.functional as F
-from IPython import get_ipython
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 from test_preflight_zoo import numpy_batch, numpy_model, torch_batch, torch_model
 from torch import nn
@@ -16,14 +14,6 @@ from nbgradcheck.api.preflight import PreflightReport
 
 TORCH = "%preflight --steps 20 model F.cross_entropy X y"
 NUMPY = "%preflight --steps 20 --classes 10 --grads grads loss params Xn yn"
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = start_ipython() or get_ipython()
-    shell.run_line_magic("load_ext", "nbgradcheck")
-    yield shell
-    shell.run_line_magic("unload_ext", "nbgradcheck")
 
 
 @pytest.fixture(scope="module")
