@@ -130,7 +130,7 @@ class ParameterSet(ParameterAdapter):
     def flat_values(self, position: int, indices: np.ndarray) -> np.ndarray:
         """Current values of some elements (flat C-order indices), in the parameter dtype."""
         array = self.buffers[position]
-        return np.asarray(flat_view(array)[indices], dtype=array.dtype)
+        return np.array(flat_view(array)[consecutive(indices)], dtype=array.dtype, copy=True)
 
     def values_at_start(self, position: int) -> np.ndarray:
         """The snapshot's flat values (a read-only view: no copy of a large tensor)."""
@@ -164,22 +164,28 @@ class ParameterSet(ParameterAdapter):
 
     def group_setter(self, position: int) -> Callable[[np.ndarray, np.ndarray], None]:
         """A function setting several elements at once (one vectorized assignment); like
-        :meth:`element_setter` it notices changes the loss made to the group."""
+        :meth:`element_setter` it notices changes the loss made to the group: before
+        each write the group must hold, bit for bit, what the last write left there (the
+        snapshot's values before the first).
+
+        ``indices`` are sorted and distinct. ``values`` of the parameter's dtype is kept
+        to compare with, not copied: leave it unchanged until the next call.
+        """
         target = flat_view(self.buffers[position])
         reference = self.reference[position] if self.reference is not None else None
         name, tampered = self.names[position], self.tampered
-        last: list[Any] = [None, None]  # indices and values read back after the last write
+        last: list[Any] = [None, None]  # indices and values of the last write
 
         def set_group(indices: np.ndarray, values: np.ndarray) -> None:
             where = contiguous(indices)
-            current = target[where]
             if last[0] is not None and same_indices(last[0], indices):
-                if not np.array_equal(current, last[1]):
-                    tampered.add(name)
-            elif reference is not None and not np.array_equal(current, reference[where]):
+                expected = last[1]
+            else:
+                expected = None if reference is None else reference[where]
+            if expected is not None and not same_values(target[where], expected):
                 tampered.add(name)
             target[where] = values
-            last[0], last[1] = indices, np.array(target[where], copy=True)
+            last[0], last[1] = indices, written(target, where, values)
 
         return set_group
 
@@ -753,6 +759,43 @@ def contiguous(indices: np.ndarray) -> np.ndarray | slice:
     if indices.size and int(indices[-1]) - int(indices[0]) + 1 == indices.size:
         return slice(int(indices[0]), int(indices[-1]) + 1)
     return indices
+
+
+def consecutive(indices: np.ndarray) -> np.ndarray | slice:
+    """A slice for increasing indices without gaps (checked), else the indices."""
+    indices = np.asarray(indices)
+    where = contiguous(indices)
+    if isinstance(where, slice) and not bool((indices[1:] > indices[:-1]).all()):
+        return indices
+    return where
+
+
+def same_values(current: np.ndarray, expected: np.ndarray) -> bool:
+    """The same values bit for bit (signed zeros told apart), both in one dtype; by
+    value for 80-bit long doubles, whose padding bytes hold no value."""
+    if current.dtype != expected.dtype or current.shape != expected.shape:
+        return False
+    if current.dtype.itemsize not in (1, 2, 4, 8):
+        return bool(np.array_equal(current, expected))
+    bits = np.dtype(f"u{current.dtype.itemsize}")
+    return bool(np.array_equal(current.view(bits), expected.view(bits)))
+
+
+def written(target: Any, where: np.ndarray | slice, values: Any) -> np.ndarray:
+    """What ``target[where] = values`` left in ``target``, as an array that later writes
+    do not change: ``values`` itself when it holds exactly that (a plain array of the
+    same dtype and shape, apart from ``target``), else a copy."""
+    after = target[where]
+    if not (isinstance(target, np.ndarray) and isinstance(where, slice)):
+        return after  # fancy indexing and ``.flat`` return copies
+    if (
+        type(values) is np.ndarray
+        and values.dtype == after.dtype
+        and values.shape == after.shape
+        and not np.may_share_memory(values, target)
+    ):
+        return values
+    return after.copy()
 
 
 def same_indices(first: np.ndarray, second: np.ndarray) -> bool:

@@ -91,11 +91,29 @@ class Scheme:
         return np.flatnonzero(plus == minus)
 
     def directional_points(
-        self, plus: np.ndarray, minus: np.ndarray, values: np.ndarray, signs: np.ndarray
+        self,
+        plus: np.ndarray,
+        minus: np.ndarray,
+        values: np.ndarray,
+        signs: np.ndarray,
+        out: Points | None = None,
     ) -> Points:
-        """The two points of a directional test along ``signs`` (fast mode)."""
-        up = np.where(signs > 0, plus, minus) if self.plus else values
-        down = np.where(signs > 0, minus, plus) if self.minus else values
+        """The two points of a directional test along ``signs`` (fast mode): θ+δ takes
+        ``plus`` where the sign is positive and ``minus`` where it is negative, θ−δ the
+        other one (``values`` for a side not evaluated). Exact copies of those elements,
+        written into ``out`` (two arrays like ``plus``) when given and possible."""
+        bits = signed_bits(plus.dtype)
+        if bits is None or minus.dtype != plus.dtype:  # long double: padding bytes
+            up = np.where(signs > 0, plus, minus) if self.plus else values
+            down = np.where(signs > 0, minus, plus) if self.minus else values
+            return up, down
+        up_out, down_out = (np.empty_like(plus), np.empty_like(plus)) if out is None else out
+        flips = signs < 0
+        up = select(flips, plus, minus, up_out, bits) if self.plus else values
+        if self.plus and self.minus:
+            down = swapped(up, plus, minus, down_out, bits)
+        else:
+            down = select(flips, minus, plus, down_out, bits) if self.minus else values
         return up, down
 
     # -- from losses to an estimate ------------------------------------------------------
@@ -245,6 +263,39 @@ COMPLEX = ComplexStep("complex", order=2, plus=True, minus=False)
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (CENTRAL, FORWARD, BACKWARD, COMPLEX)}
 METHODS = tuple(SCHEMES)
+
+
+def select(
+    flips: np.ndarray, first: np.ndarray, second: np.ndarray, out: np.ndarray, bits: np.dtype
+) -> np.ndarray:
+    """``first`` where ``flips`` is False and ``second`` where it is True, bit for bit,
+    into ``out``: first ^ (mask & (first ^ second)), the mask all ones where ``flips``.
+
+    np.where branches on every element and, on random signs, mispredicts half of the
+    time: several times slower than these three passes.
+    """
+    result = out.view(bits)
+    np.bitwise_xor(first.view(bits), second.view(bits), out=result)
+    np.bitwise_and(result, np.negative(flips.view(np.int8)), out=result)
+    np.bitwise_xor(result, first.view(bits), out=result)
+    return out
+
+
+def swapped(
+    chosen: np.ndarray, first: np.ndarray, second: np.ndarray, out: np.ndarray, bits: np.dtype
+) -> np.ndarray:
+    """The other element of each pair, into ``out``: ``second`` where ``chosen`` holds
+    ``first`` and ``first`` where it holds ``second`` (chosen ^ first ^ second)."""
+    result = out.view(bits)
+    np.bitwise_xor(first.view(bits), second.view(bits), out=result)
+    np.bitwise_xor(result, chosen.view(bits), out=result)
+    return out
+
+
+def signed_bits(dtype: np.dtype) -> np.dtype | None:
+    """The integer type as wide as ``dtype``, to handle its values as bits (None for
+    80-bit long doubles: their padding bytes hold no value)."""
+    return np.dtype(f"i{dtype.itemsize}") if dtype.itemsize in (1, 2, 4, 8) else None
 
 
 def scheme_for(method: object) -> Scheme:
