@@ -2,10 +2,11 @@
 
 Full checks of MLPs of 5,034 and 48,074 parameters (batch 8, mean cross-entropy), the
 weights and data identical in both frameworks. JAX evaluates the perturbed losses through
-one compiled function per leaf (see nbgradcheck/adapters/jax_carry.py), compiled at the
-first check of a model and reused by the next checks of the same model; the first figure
-includes tracing and compiling (JAX itself is warmed up on another model first), the
-second is the best of later checks. Goal: JAX ≤ 1.5 × torch at 50k parameters.
+one compiled program for the leaves of a model (see nbgradcheck/adapters/jax_carry.py),
+compiled at the first check of a model and reused by the next checks of the same model;
+the first figure includes tracing and compiling (JAX itself is warmed up on another model
+first; no persistent compilation cache), the second is the best of later checks. Goal:
+JAX ≤ 1.5 × torch at 50k parameters, for the first check too.
 
 CPU time (time.process_time), one thread in both (torch.set_num_threads(1); XLA without
 its multi-threaded Eigen pool). Same verdict asserted, numeric gradients equal to 1e-6.

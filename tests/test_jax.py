@@ -265,6 +265,147 @@ def test_loss_vmap_cannot_trace_falls_back_to_the_loop():
     assert parameters.batch_fallback is not None and not parameters.can_batch
 
 
+# -- compiled programs -------------------------------------------------------------------
+
+
+def mlp(seed=0, dtypes=(np.float64,) * 4):
+    """A two-layer tanh MLP on float64 NumPy data; NumPy leaves w1, b1, w2, b2 of
+    ``dtypes`` (b2, 4 elements, is too small to batch)."""
+    rng = np.random.default_rng(seed)
+    shapes = {"w1": (6, 20), "b1": (20,), "w2": (20, 4), "b2": (4,)}
+    params = {
+        name: (0.4 * rng.standard_normal(shape)).astype(dtype)
+        for (name, shape), dtype in zip(shapes.items(), dtypes)
+    }
+    x = rng.standard_normal((5, 6))
+    labels = np.arange(5) % 4
+
+    def loss(p):
+        logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    return params, loss
+
+
+@pytest.fixture
+def compiled():
+    """The adapter's cache of compiled functions, empty for this test."""
+    from collections import OrderedDict
+
+    from nbgradcheck.adapters import jax as adapter
+
+    saved = adapter._compiled
+    adapter._compiled = OrderedDict()
+    yield adapter._compiled
+    adapter._compiled = saved
+
+
+def batched_programs(compiled):
+    """Keys (program text, leaf positions, batch size) of the batched programs."""
+    return [key for key in compiled if key[1]]
+
+
+def test_each_batched_leaf_is_in_one_program_and_a_second_check_compiles_nothing(compiled):
+    params, loss = mlp(seed=11)
+    result = check(loss, params)
+    assert result.passed
+    programs = batched_programs(compiled)
+    assert sorted(p for key in programs for p in key[1]) == [0, 2, 3]  # b1, w1, w2
+    again = check(loss, params)
+    assert batched_programs(compiled) == programs
+    for name in result.names:
+        np.testing.assert_array_equal(again.numeric[name], result.numeric[name])
+
+
+def test_a_program_holds_leaves_of_one_dtype_and_equals_the_loop(compiled):
+    dtypes = (np.float32, np.float64, np.float64, np.float64)  # w1 float32
+    params, loss = mlp(seed=12, dtypes=dtypes)
+    batched = check(loss, JaxParameters(params, float64=False))
+    assert batched.passed
+    programs = [key[1] for key in batched_programs(compiled)]
+    assert sorted(p for positions in programs for p in positions) == [0, 2, 3]
+    assert (2,) in programs  # w1 alone: the other leaves are float64
+    looped = check(loss, JaxParameters(params, float64=False, vectorize=False))
+    for name in batched.names:
+        assert batched.tensor(name).dtype == params[name].dtype
+        np.testing.assert_allclose(batched.numeric[name], looped.numeric[name], rtol=1e-3)
+
+
+def test_batch_group_pads_small_leaves_only_within_budget():
+    from nbgradcheck.adapters.jax import batch_group
+
+    class NoArrays:  # a traced program whose arrays do not bound the batch size
+        jaxpr = type("Jaxpr", (), {"eqns": []})
+
+    mlp_50k = {0: 512, 1: 61440, 2: 128, 3: 32768, 5: 1280}  # copies per leaf
+    assert batch_group(NoArrays, mlp_50k, 0, 512) == ((0, 1, 2, 3, 5), 2048)
+    mlp_5k = {0: 128, 1: 5120, 2: 64, 3: 4096, 5: 640}
+    # padding b1 (128 copies) to 2048 would cost more than 1/8 of the large leaves'
+    # copies: the small leaves get a batch size of their own, the large ones a later one
+    assert batch_group(NoArrays, mlp_5k, 0, 128) == ((0, 2, 5), 128)
+    assert batch_group(NoArrays, {1: 5120, 3: 4096}, 1, 2048) == ((1, 3), 2048)
+
+
+def test_heap_freezing_leaves_the_collector_as_it_was():
+    import gc
+
+    params, loss = mlp(seed=13)
+    assert check(loss, params).passed
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.freeze()  # frozen by someone else: left frozen (the count falls as objects die)
+    try:
+        assert check(loss, mlp(seed=14)[0]).passed
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    gc.disable()
+    try:
+        assert check(loss, mlp(seed=15)[0]).passed
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+
+
+def test_compile_options_this_xla_does_not_know_are_dropped():
+    from nbgradcheck.adapters.jax_carry import COMPILER_OPTIONS, compile_lowered
+
+    class Lowered:
+        def __init__(self, error):
+            self.error, self.seen = error, []
+
+        def compile(self, compiler_options):
+            self.seen.append(dict(compiler_options))
+            unknown = [n for n in compiler_options if n == "xla_cpu_use_fusion_emitters"]
+            if unknown:
+                raise RuntimeError(f"{self.error}: '{unknown[0]}'")
+            return "executable"
+
+    lowered = Lowered("INVALID_ARGUMENT: No such compile option")
+    assert compile_lowered(lowered) == "executable"
+    assert lowered.seen[0] == COMPILER_OPTIONS
+    assert "xla_cpu_use_fusion_emitters" not in lowered.seen[-1]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        compile_lowered(Lowered("out of memory"))
+
+
+@pytest.mark.parametrize("optimize_after", [0.0, float("inf")])
+def test_a_long_evaluation_is_compiled_again_with_optimizations(
+    monkeypatch, compiled, optimize_after
+):
+    from nbgradcheck.adapters import jax_carry
+
+    monkeypatch.setattr(jax_carry, "OPTIMIZE_AFTER", optimize_after)
+    params, loss = mlp(seed=16)
+    batched = check(loss, params)
+    programs = [compiled[key] for key in batched_programs(compiled)]
+    assert programs and all(f.optimized == (optimize_after == 0.0) for f in programs)
+    looped = check(loss, JaxParameters(params, vectorize=False))
+    for name in batched.names:  # equal to the round-off of J over the step
+        np.testing.assert_allclose(
+            batched.numeric[name], looped.numeric[name], rtol=1e-7, atol=1e-9
+        )
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 

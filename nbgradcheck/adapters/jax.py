@@ -10,9 +10,11 @@ checks a ``jax.custom_vjp`` (or ``custom_jvp``) rule; or from the user's ``grads
 same pytree structure, a dict keyed by leaf name, or a list in leaf order).
 
 Leaf names are key paths joined by dots (``layer1.w``, ``0.b``); a bare array is
-``theta``. Many perturbations are evaluated in one call of a compiled function per leaf
-that interprets the traced loss for a batch of copies, carrying each one-element change
-through the layers (:mod:`nbgradcheck.adapters.jax_carry`); a loss JAX cannot trace
+``theta``. Many perturbations are evaluated in one call of a compiled program (one for
+the leaves of a model) that interprets the traced loss for a batch of copies, carrying
+each one-element change through the layers (:mod:`nbgradcheck.adapters.jax_carry`);
+tracing and compiling run with the existing heap frozen (:func:`heap_frozen`), since
+they set off full collections of Python's heap otherwise; a loss JAX cannot trace
 (Python control flow on values, ``float(x)``) is evaluated one element at a time
 instead.
 
@@ -25,9 +27,11 @@ float64=False)`` checks the leaves in their own dtype.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -35,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nbgradcheck.adapters.base import ParameterAdapter
-from nbgradcheck.adapters.jax_carry import COMPILER_OPTIONS, batched_losses_function
+from nbgradcheck.adapters.jax_carry import batched_losses_function, compile_lowered
 from nbgradcheck.adapters.numpy import (
     SINGLE_ARRAY_NAME,
     format_index,
@@ -50,14 +54,18 @@ MIN_BATCH = 32
 # One batched call holds about this many bytes of perturbed values: the largest array of
 # the loss, counted whole for every copy (a bound: XLA fuses most of them away).
 BATCH_MEMORY_BYTES = 64 * 2**20
-MAX_BATCH = 4096
+MAX_BATCH = 2048
+# Leaves too small to fill a batch still join the compiled function of larger ones while
+# their padding adds at most this share to the group's evaluations (one program to
+# compile instead of one per batch size).
+PADDING_SHARE = 1 / 8
 # Batched and looped J may differ by rounding: this many unit round-offs of |J|.
 VERIFY_ELEMENTS = 3
 VERIFY_ROUNDOFF = 64.0
-# Compiled batched functions kept across checks, by (traced loss, leaf, batch size): a
-# second check of the same model compiles nothing.
+# Compiled functions kept across checks, by (traced program, leaves, batch size): a second
+# check of the same model compiles nothing.
 COMPILED_FUNCTIONS = 32
-_compiled: OrderedDict[tuple[str, int, int], Callable] = OrderedDict()
+_compiled: OrderedDict[tuple[str, tuple[int, ...], int], Callable] = OrderedDict()
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -183,7 +191,10 @@ class JaxParameterSet(ParameterAdapter):
         self.seed: int | None = None
         self.batch_fallback: str | None = None
         self.program: Any = None  # the loss traced to a closed jaxpr over the leaves
-        self.batch_sizes: dict[int, int] = {}  # per leaf: fixed at its first batched call
+        self.program_text = ""  # its text, the key of its compiled functions
+        # per leaf: (its branch, the compiled function, the batch size), fixed at the first
+        # batched call for all the leaves that can be batched
+        self.batched: dict[int, tuple[int, Callable, int]] = {}
         self.verified: set[int] = set()
 
     # -- description -------------------------------------------------------------------
@@ -364,13 +375,15 @@ class JaxParameterSet(ParameterAdapter):
         self.bind_loss(loss, pass_argument)
         gradient = jax.grad(lambda tree: first_of(loss(tree)))
         tree = self.argument()
-        try:
-            traced = jax.make_jaxpr(gradient)(tree)
-        except Exception:  # not traceable: op by op below, which raises what matters
-            traced = None
+        with heap_frozen():
+            try:
+                traced = jax.make_jaxpr(gradient)(tree)
+            except Exception:  # not traceable: op by op below, which raises what matters
+                traced = None
+            if traced is not None:
+                leaves = jax.tree_util.tree_leaves(tree)
+                program = compiled_program(traced, leaves)
         if traced is not None:
-            leaves = jax.tree_util.tree_leaves(tree)
-            program = compiled_program(traced, leaves)
             return self.treedef.unflatten(program(list(traced.consts), leaves))
         try:
             return gradient(tree)
@@ -410,15 +423,14 @@ class JaxParameterSet(ParameterAdapter):
         return self.looped_losses(position, indices, values)
 
     def vmapped_losses(self, position: int, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """J for each (index, value) through one jitted function per leaf and batch size
-        (see :mod:`nbgradcheck.adapters.jax_carry`): the batch size is fixed at the first
-        call (bounded by memory), later chunks are padded to it, so XLA compiles once."""
-        program = self.traced()
-        count = self.batch_sizes.get(position) or batch_size(program, indices.size)
-        self.batch_sizes[position] = count
-        function = compiled(program, position, count)
+        """J for each (index, value) through one compiled function for all the leaves
+        (see :mod:`nbgradcheck.adapters.jax_carry`): its batch size is fixed at the first
+        call (bounded by memory), chunks are padded to it, so XLA compiles once."""
+        if position not in self.batched:
+            self.compile_batched(position, indices.size)
+        slot, function, count = self.batched[position]
         leaves = list(self.current_leaves())
-        consts = list(program.consts)
+        consts = list(self.traced().consts)
         dtype = self.arrays[position].dtype
         out = []
         for start in range(0, indices.size, count):
@@ -427,12 +439,38 @@ class JaxParameterSet(ParameterAdapter):
             index = np.full(count, indices[start], dtype=np.int64)
             value = np.full(count, values[start], dtype=dtype)
             index[:taken], value[:taken] = indices[part], values[part]
-            losses = function(consts, leaves, index, value)
+            losses = function(slot, consts, leaves, index, value)
             out.append(np.asarray(losses, dtype=np.float64)[:taken])
         result = np.concatenate(out)
         if position not in self.verified:
             self.verify_batched(position, indices, values, result)
         return result
+
+    def compile_batched(self, position: int, first_call: int) -> None:
+        """One compiled function for this leaf and the other leaves of its dtype that the
+        check will batch (see :func:`batch_group`): a program compiled at once costs less
+        than one per leaf."""
+        dtype = self.arrays[position].dtype
+        copies = {
+            p: 2 * array.size
+            for p, array in enumerate(self.arrays)
+            if p == position
+            or (p not in self.batched and array.dtype == dtype and 2 * array.size >= MIN_BATCH)
+        }
+        with heap_frozen():
+            program = self.traced()
+            positions, count = batch_group(program, copies, position, first_call)
+            key = (self.program_text, positions, count)
+            if key not in _compiled:
+                leaves = self.current_leaves()
+                copies_of_group = sum(copies[p] for p in positions)
+                function = batched_losses_function(
+                    program, positions, count, leaves, dtype, copies_of_group
+                )
+                keep(key, function)
+        function = reuse(key)
+        for slot, p in enumerate(positions):
+            self.batched[p] = (slot, function, count)
 
     def traced(self) -> Any:
         """The loss as a closed jaxpr over the flat leaves (traced once per check)."""
@@ -443,6 +481,7 @@ class JaxParameterSet(ParameterAdapter):
                 return jnp.reshape(first_of(loss(treedef.unflatten(leaves))), ())
 
             self.program = jax.make_jaxpr(flat_loss)(list(self.current_leaves()))
+            self.program_text = str(self.program.jaxpr)
         return self.program
 
     def verify_batched(
@@ -476,9 +515,9 @@ class JaxParameterSet(ParameterAdapter):
         return out
 
 
-def batch_size(program: Any, first_call: int) -> int:
+def batch_size(program: Any, needed: int) -> int:
     """Copies per compiled call: BATCH_MEMORY_BYTES over the largest array of the loss,
-    at most MAX_BATCH, and no more than the first call needs (rounded to a power of 2)."""
+    at most MAX_BATCH, and no more than ``needed`` (rounded up to a power of 2)."""
     largest = max(
         (
             int(np.prod(v.aval.shape, dtype=np.int64)) * np.dtype(v.aval.dtype).itemsize
@@ -489,34 +528,87 @@ def batch_size(program: Any, first_call: int) -> int:
         default=8,
     )
     by_memory = max(1, BATCH_MEMORY_BYTES // max(largest, 1))
-    needed = 1 << max(0, int(first_call - 1).bit_length())
-    return int(min(by_memory, MAX_BATCH, needed))
+    rounded = 1 << max(0, int(needed - 1).bit_length())
+    return int(min(by_memory, MAX_BATCH, rounded))
+
+
+def batch_group(
+    program: Any, copies: dict[int, int], position: int, first_call: int
+) -> tuple[tuple[int, ...], int]:
+    """(the leaves compiled with ``position``, their batch size).
+
+    ``copies``: the leaves a check may batch, with the copies a full check evaluates
+    (two per element). Calls shorter than the leaf (``first_call``) mean the engine
+    sends chunks of that length; else the batch size fits the largest leaf. A leaf
+    joins if padding its last call to the batch size at most doubles its copies, or if
+    the padding of all such leaves stays within PADDING_SHARE of the group's copies;
+    when ``position`` itself does not join, it gets its own batch size (the others
+    then join a later group)."""
+    chunked = first_call < copies[position]
+    needed = first_call if chunked else max(copies.values())
+    count = batch_size(program, needed)
+    group = padded_group(copies, count)
+    if position in group:
+        return group, count
+    count = batch_size(program, first_call)
+    rest = {p: n for p, n in copies.items() if p not in group or p == position}
+    return padded_group(rest, count), count
+
+
+def padded_group(copies: dict[int, int], count: int) -> tuple[int, ...]:
+    """The leaves worth evaluating in batches of ``count`` (see :func:`batch_group`)."""
+    waste = {p: -n % count for p, n in copies.items()}
+    group = [p for p, n in copies.items() if waste[p] <= n]
+    budget = PADDING_SHARE * sum(copies[p] for p in group)
+    for p in sorted(set(copies) - set(group), key=waste.get):
+        if waste[p] <= budget:
+            group.append(p)
+            budget -= waste[p]
+    return tuple(sorted(group))
 
 
 def compiled_program(closed: Any, arguments: list) -> Callable:
     """A traced program, compiled: (consts, arguments) → its outputs. Kept by its text
     (the constants are arguments), so a program traced again from changed Python state
     (a custom_vjp rule reading a global) is compiled again."""
-    key = (str(closed.jaxpr), -1, 0)
+    key = (str(closed.jaxpr), (), 0)
     if key not in _compiled:
         jaxpr = closed.jaxpr
 
         def run(consts: list, flat: list) -> list:
             return jax.core.eval_jaxpr(jaxpr, consts, *flat)
 
-        lowered = jax.jit(run).lower(list(closed.consts), arguments)
-        _compiled[key] = lowered.compile(compiler_options=COMPILER_OPTIONS)
+        keep(key, compile_lowered(jax.jit(run).lower(list(closed.consts), arguments)))
+    return reuse(key)
+
+
+def keep(key: tuple[str, tuple[int, ...], int], function: Callable) -> None:
+    """Keep a compiled function for later checks (the COMPILED_FUNCTIONS last used)."""
+    _compiled[key] = function
+    while len(_compiled) > COMPILED_FUNCTIONS:
+        _compiled.popitem(last=False)
+
+
+def reuse(key: tuple[str, tuple[int, ...], int]) -> Callable:
     _compiled.move_to_end(key)
     return _compiled[key]
 
 
-def compiled(program: Any, position: int, count: int) -> Callable:
-    """The jitted batched loss for one leaf and batch size, reused across checks."""
-    key = (str(program.jaxpr), position, count)
-    if key in _compiled:
-        _compiled.move_to_end(key)
-    else:
-        _compiled[key] = batched_losses_function(program, position, count)
-        while len(_compiled) > COMPILED_FUNCTIONS:
-            _compiled.popitem(last=False)
-    return _compiled[key]
+@contextmanager
+def heap_frozen() -> Iterator[None]:
+    """Python's cycle collector skips the objects that exist on entry, until exit.
+
+    Tracing and compiling allocate enough objects to set off a full collection, which
+    walks every object of the process (0.13 s with torch and jax imported, more in a
+    long notebook session) although none of them changed; frozen, it walks only what the
+    tracing made. ``gc.unfreeze`` on exit puts everything back in the oldest generation.
+    Left alone when the collector is off or something else froze objects.
+    """
+    if not gc.isenabled() or gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
