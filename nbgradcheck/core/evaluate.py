@@ -441,9 +441,9 @@ def evaluate_elements(
 
     The points are computed and turned into Python lists LOOP_BLOCK elements at a time
     (lists of Python floats cost 32 bytes an element), or a progress tick's worth when
-    that is less; each block's losses are handed to
-    ``outputs`` as the block ends, or as far as they got when the loss raised or the user
-    pressed Ctrl-C."""
+    that is less; each block's losses go to ``outputs`` as the block ends, or as far as
+    they got when the loss raised or the user pressed Ctrl-C. The two-sided and one-sided
+    loops stay apart: one branch less per evaluation on the hot path."""
     block = min(LOOP_BLOCK, chunk)
     for start in range(0, plan.count, block):
         part = slice(start, min(start + block, plan.count))
