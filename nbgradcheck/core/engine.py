@@ -29,7 +29,7 @@ from nbgradcheck.core.evaluate import (
     make_evaluator,
     takes_argument,
 )
-from nbgradcheck.core.plan import TensorPlan, blocks, rounded_sides, sub_plan
+from nbgradcheck.core.plan import TensorPlan, blocks, sub_plan
 from nbgradcheck.core.progress import BarFactory, chunk_size, open_bar, should_show
 from nbgradcheck.core.result import TensorCheck
 from nbgradcheck.core.schemes import NOISE_BLOCK, RoundOff, Scheme
@@ -326,9 +326,8 @@ def measuring(
     def measure(first: int, loss_plus: np.ndarray, loss_minus: np.ndarray) -> None:
         part = slice(first, first + loss_plus.size)
         reject_non_finite(plan, part, loss_plus, loss_minus)
-        values = plan.values64(part)
-        up, down = rounded_sides(*plan.points(part), values)
-        numeric, step, high = scheme.estimate(j0, loss_plus, loss_minus, up, down, plan.steps(part))
+        steps, up, down = plan.sides(part)
+        numeric, step, high = scheme.estimate(j0, loss_plus, loss_minus, up, down, steps)
         round_off.record(first, high, loss_minus)
         noise = round_off(numeric, step, first)
         tensor.numeric[part] = numeric
@@ -361,7 +360,6 @@ def reject_non_finite(
 ) -> None:
     """Raise NonFiniteLossError naming the first element of ``part`` whose perturbation
     broke J (θ+ε before θ−ε)."""
-    shifted = plan.points(part)
     for side, sign, losses in zip((0, 1), ("+ε", "−ε"), (loss_plus, loss_minus)):
         if not (plan.scheme.plus, plan.scheme.minus)[side]:
             continue
@@ -370,12 +368,13 @@ def reject_non_finite(
             continue
         j = int(np.argmin(finite))
         at = part.start + j
+        shifted = plan.points(slice(at, at + 1))[side][0]
         where = format_index(
             np.unravel_index(int(plan.flat_indices(slice(at, at + 1))[0]), plan.shape)
         )
         raise NonFiniteLossError(
             f"the loss became {losses[j]} when {plan.name}{where} was perturbed "
-            f"({sign}) from {plan.values[at]!r} to {shifted[side][j]!r}; parameters restored"
+            f"({sign}) from {plan.values[at]!r} to {shifted!r}; parameters restored"
         )
 
 

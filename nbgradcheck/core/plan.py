@@ -81,11 +81,16 @@ class TensorPlan:
         """θ+ε and θ−ε of the elements in ``part``, rounded to the dtype."""
         return self.scheme.points(self.values64(part), self.steps(part), self.dtype)
 
-    def steps_taken(self, part: slice = ALL) -> np.ndarray:
-        """The step between the two evaluation points of each element, as rounded."""
+    def sides(self, part: slice = ALL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ε asked for, (θ+ε) − θ, θ − (θ−ε)) of the elements in ``part``, as rounded."""
         values, steps = self.values64(part), self.steps(part)
         plus, minus = self.scheme.points(values, steps, self.dtype)
-        return self.scheme.width(*rounded_sides(plus, minus, values), steps)
+        return (steps, *rounded_sides(plus, minus, values))
+
+    def steps_taken(self, part: slice = ALL) -> np.ndarray:
+        """The step between the two evaluation points of each element, as rounded."""
+        steps, up, down = self.sides(part)
+        return self.scheme.width(up, down, steps)
 
     def subset(self, positions: np.ndarray, divisor: float = 1.0) -> TensorPlan:
         """The elements at ``positions``, with steps ``divisor`` times smaller."""
