@@ -63,3 +63,19 @@ def ip():
     shell.run_line_magic("unload_ext", "nbgradcheck")
     for name in set(shell.user_ns) - before:
         del shell.user_ns[name]
+
+
+def executed_notebook(path):
+    """The notebook at ``path`` run top to bottom by a real kernel (nbclient), outputs in."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(
+        notebook,
+        timeout=180,
+        startup_timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    return notebook

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import nbclient
 import nbformat
 import pytest
+from conftest import executed_notebook
 
 from nbgradcheck.api.preflight_rules import CHECK_NAMES
 
@@ -45,15 +45,7 @@ def report_text(cell: nbformat.NotebookNode) -> str:
 
 @pytest.fixture(scope="module")
 def executed() -> nbformat.NotebookNode:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(
-        notebook,
-        timeout=180,
-        startup_timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    ).execute()
-    return notebook
+    return executed_notebook(NOTEBOOK)
 
 
 def test_the_notebook_plants_a_bug_for_every_check():

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbclient
 import nbformat
 import pytest
+from conftest import executed_notebook
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "training_stalls.ipynb"
 WORDS = {
@@ -110,15 +110,7 @@ def mismatches(notebook: nbformat.NotebookNode) -> list[str]:
 
 @pytest.fixture(scope="module")
 def executed() -> nbformat.NotebookNode:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(
-        notebook,
-        timeout=180,
-        startup_timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    ).execute()
-    return notebook
+    return executed_notebook(NOTEBOOK)
 
 
 def test_every_claimed_verdict_is_the_verdict_shown(executed):
