@@ -180,6 +180,8 @@ def resolve_eps(
 
 
 def blocks(count: int, size: int = PLAN_BLOCK) -> list[slice]:
+    """Slices of ``size`` elements covering ``count``: per-element work on a large tensor
+    goes block by block, so its temporaries stay small."""
     return [slice(first, first + size) for first in range(0, count, size)]
 
 

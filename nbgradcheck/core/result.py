@@ -24,6 +24,7 @@ import numpy as np
 from nbgradcheck.adapters.numpy import format_index
 from nbgradcheck.core.diagnose import Diagnosis, diagnose, diagnose_result
 from nbgradcheck.core.directional import DirectionalTests
+from nbgradcheck.core.plan import blocks
 from nbgradcheck.core.verdict import (
     Judgement,
     Measurements,
@@ -50,8 +51,6 @@ SUMMARY_COLUMNS = (
     "verdict",
     "diagnosis",
 )
-# Per-element figures are summarised over blocks this long (temporaries stay small).
-SUMMARY_BLOCK = 16384
 
 
 def read_only(array: Any) -> np.ndarray:
@@ -60,10 +59,6 @@ def read_only(array: Any) -> np.ndarray:
     view = np.asarray(array).view()
     view.flags.writeable = False
     return view
-
-
-def blocks(count: int) -> list[slice]:
-    return [slice(first, first + SUMMARY_BLOCK) for first in range(0, count, SUMMARY_BLOCK)]
 
 
 class StepSource(Protocol):
